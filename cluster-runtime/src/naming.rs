@@ -1,0 +1,326 @@
+//! Every NATS subject, bucket and stream name the platform uses.
+//!
+//! Nothing else in the workspace formats a NATS name: if a name is not built
+//! here, it is a bug. Platform and app names are `[a-z0-9-]+` so `_` can
+//! separate the parts of bucket names unambiguously and `.` never appears
+//! inside a subject token.
+
+use std::fmt;
+
+/// App names that would collide with platform-wide resources.
+pub const RESERVED_APP_NAMES: &[&str] = &[
+    "nodes",
+    "platform",
+    "placement",
+    "services",
+    "events",
+    "audit",
+];
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is empty.
+    #[error("{kind} name must not be empty")]
+    Empty {
+        /// What was being named (`platform`, `app`, `node`).
+        kind: &'static str,
+    },
+    /// The name contains a character outside the allowed set.
+    #[error(
+        "{kind} name `{name}` is invalid: use only lowercase letters, digits and `-` ([a-z0-9-]+)"
+    )]
+    Invalid {
+        /// What was being named.
+        kind: &'static str,
+        /// The refused name.
+        name: String,
+    },
+    /// The app name collides with a platform resource.
+    #[error("app name `{name}` is reserved (reserved: nodes, platform, placement, services, events, audit)")]
+    Reserved {
+        /// The refused name.
+        name: String,
+    },
+}
+
+fn is_token(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn check(kind: &'static str, name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { kind });
+    }
+    if !is_token(name) {
+        return Err(NameError::Invalid {
+            kind,
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Validates a platform name.
+pub fn validate_platform(name: &str) -> Result<(), NameError> {
+    check("platform", name)
+}
+
+/// Validates an app name (also refusing reserved names).
+pub fn validate_app(name: &str) -> Result<(), NameError> {
+    check("app", name)?;
+    if RESERVED_APP_NAMES.contains(&name) {
+        return Err(NameError::Reserved {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Validates a node id. Node ids become subject tokens and KV keys, so they
+/// follow the same rule as app names (hostnames are lowercased by the config).
+pub fn validate_node(name: &str) -> Result<(), NameError> {
+    check("node", name)
+}
+
+/// The names belonging to one platform.
+///
+/// ```
+/// use cluster_runtime::naming::Names;
+/// let n = Names::new("prod").unwrap();
+/// assert_eq!(n.app_coord_bucket("counter"), "prod_counter_coord");
+/// assert_eq!(n.api_subject("counter", "incr"), "prod._.api.counter.incr");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Names {
+    platform: String,
+}
+
+impl fmt::Debug for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Names").field(&self.platform).finish()
+    }
+}
+
+impl Names {
+    /// Names for platform `platform` (validated).
+    pub fn new(platform: &str) -> Result<Self, NameError> {
+        validate_platform(platform)?;
+        Ok(Self {
+            platform: platform.to_owned(),
+        })
+    }
+
+    /// The platform name.
+    pub fn platform(&self) -> &str {
+        &self.platform
+    }
+
+    // ---- KV buckets -------------------------------------------------------
+
+    /// KV bucket holding the app's own data (`ctx.kv()`).
+    pub fn app_kv_bucket(&self, app: &str) -> String {
+        format!("{}_{}", self.platform, app)
+    }
+
+    /// KV bucket holding the app's election lease, locks and partition claims.
+    pub fn app_coord_bucket(&self, app: &str) -> String {
+        format!("{}_{}_coord", self.platform, app)
+    }
+
+    /// The prefix every coordination bucket of this platform starts with, and
+    /// the suffix it ends with (used to enumerate apps from NATS alone).
+    pub fn coord_bucket_affixes(&self) -> (String, &'static str) {
+        (format!("{}_", self.platform), "_coord")
+    }
+
+    /// KV bucket of live node records.
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}_nodes", self.platform)
+    }
+
+    /// KV bucket of platform-wide locks, controller lease and config.
+    pub fn platform_bucket(&self) -> String {
+        format!("{}_platform", self.platform)
+    }
+
+    /// KV bucket of placement decisions.
+    pub fn placement_bucket(&self) -> String {
+        format!("{}_placement", self.platform)
+    }
+
+    /// KV bucket of exposed service records.
+    pub fn services_bucket(&self) -> String {
+        format!("{}_services", self.platform)
+    }
+
+    // ---- streams and object stores ---------------------------------------
+
+    /// Stream of platform-wide events.
+    pub fn platform_events_stream(&self) -> String {
+        format!("{}_events", self.platform)
+    }
+
+    /// Stream of audit entries.
+    pub fn audit_stream(&self) -> String {
+        format!("{}_audit", self.platform)
+    }
+
+    /// Stream of the app's durable events.
+    pub fn app_events_stream(&self, app: &str) -> String {
+        format!("{}_{}_events", self.platform, app)
+    }
+
+    /// Object store holding the app's SQLite replica (Litestream layout).
+    pub fn app_wal_bucket(&self, app: &str) -> String {
+        format!("{}_{}_wal", self.platform, app)
+    }
+
+    /// Object store holding the app's manual snapshots.
+    pub fn app_snapshots_bucket(&self, app: &str) -> String {
+        format!("{}_{}_snapshots", self.platform, app)
+    }
+
+    // ---- keys --------------------------------------------------------------
+
+    /// Key of a singleton's election lease inside its coordination bucket.
+    pub fn election_key(&self) -> &'static str {
+        "election"
+    }
+
+    // ---- subjects ----------------------------------------------------------
+
+    /// Call an app method: the active (singleton) or any instance (pool).
+    pub fn api_subject(&self, app: &str, method: &str) -> String {
+        format!("{}._.api.{}.{}", self.platform, app, method)
+    }
+
+    /// Wildcard covering every method of an app's API.
+    pub fn api_wildcard(&self, app: &str) -> String {
+        format!("{}._.api.{}.*", self.platform, app)
+    }
+
+    /// Call the owner of ring partition `partition`.
+    pub fn partition_subject(&self, app: &str, partition: u32, method: &str) -> String {
+        format!("{}._.api.{}.p.{}.{}", self.platform, app, partition, method)
+    }
+
+    /// Wildcard covering every method of one ring partition.
+    pub fn partition_wildcard(&self, app: &str, partition: u32) -> String {
+        format!("{}._.api.{}.p.{}.>", self.platform, app, partition)
+    }
+
+    /// Call one specific instance of an app.
+    pub fn instance_subject(&self, app: &str, node: &str, method: &str) -> String {
+        format!("{}.{}.node.{}.{}", self.platform, app, node, method)
+    }
+
+    /// Wildcard covering every method of one instance.
+    pub fn instance_wildcard(&self, app: &str, node: &str) -> String {
+        format!("{}.{}.node.{}.*", self.platform, app, node)
+    }
+
+    /// Broadcast a method call to every instance of an app.
+    pub fn broadcast_subject(&self, app: &str, method: &str) -> String {
+        format!("{}.{}.all.{}", self.platform, app, method)
+    }
+
+    /// Wildcard covering every broadcast method of an app.
+    pub fn broadcast_wildcard(&self, app: &str) -> String {
+        format!("{}.{}.all.*", self.platform, app)
+    }
+
+    /// An app-internal event of type `event_type` (may contain `.` and wildcards).
+    pub fn app_event_subject(&self, app: &str, event_type: &str) -> String {
+        format!("{}.{}.events.{}", self.platform, app, event_type)
+    }
+
+    /// A platform-wide event.
+    pub fn platform_event_subject(&self, event_type: &str) -> String {
+        format!("{}._.events.{}", self.platform, event_type)
+    }
+
+    /// An audit entry.
+    pub fn audit_subject(&self, app: &str, action: &str) -> String {
+        format!("{}._.audit.{}.{}", self.platform, app, action)
+    }
+
+    /// An operator command sent by the CLI to the nodes.
+    pub fn control_subject(&self, verb: &str) -> String {
+        format!("{}._.control.{}", self.platform, verb)
+    }
+
+    /// The queue group pool instances of an app share.
+    pub fn queue_group(&self, app: &str) -> String {
+        app.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_design_table() {
+        let n = Names::new("prod").expect("valid");
+        assert_eq!(n.app_kv_bucket("cache"), "prod_cache");
+        assert_eq!(n.app_coord_bucket("cache"), "prod_cache_coord");
+        assert_eq!(n.nodes_bucket(), "prod_nodes");
+        assert_eq!(n.platform_bucket(), "prod_platform");
+        assert_eq!(n.placement_bucket(), "prod_placement");
+        assert_eq!(n.services_bucket(), "prod_services");
+        assert_eq!(n.platform_events_stream(), "prod_events");
+        assert_eq!(n.audit_stream(), "prod_audit");
+        assert_eq!(n.app_events_stream("cache"), "prod_cache_events");
+        assert_eq!(n.app_wal_bucket("db"), "prod_db_wal");
+        assert_eq!(n.app_snapshots_bucket("db"), "prod_db_snapshots");
+        assert_eq!(n.api_subject("cache", "get"), "prod._.api.cache.get");
+        assert_eq!(
+            n.partition_subject("cache", 7, "get"),
+            "prod._.api.cache.p.7.get"
+        );
+        assert_eq!(
+            n.instance_subject("cache", "n1", "get"),
+            "prod.cache.node.n1.get"
+        );
+        assert_eq!(n.broadcast_subject("cache", "get"), "prod.cache.all.get");
+        assert_eq!(
+            n.app_event_subject("cache", "evicted"),
+            "prod.cache.events.evicted"
+        );
+        assert_eq!(n.platform_event_subject("x"), "prod._.events.x");
+        assert_eq!(
+            n.audit_subject("cache", "started"),
+            "prod._.audit.cache.started"
+        );
+        assert_eq!(n.control_subject("stepdown"), "prod._.control.stepdown");
+    }
+
+    #[test]
+    fn invalid_names_are_refused() {
+        assert!(matches!(
+            validate_platform(""),
+            Err(NameError::Empty { .. })
+        ));
+        assert!(matches!(
+            validate_platform("Prod"),
+            Err(NameError::Invalid { .. })
+        ));
+        assert!(matches!(
+            validate_app("a.b"),
+            Err(NameError::Invalid { .. })
+        ));
+        assert!(matches!(
+            validate_app("a_b"),
+            Err(NameError::Invalid { .. })
+        ));
+        assert!(matches!(
+            validate_app("nodes"),
+            Err(NameError::Reserved { .. })
+        ));
+        assert!(validate_app("my-app-2").is_ok());
+        assert!(validate_node("node-1").is_ok());
+        assert!(validate_node("node 1").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Local `nats-server` child processes (for `--dev` and the test harness).

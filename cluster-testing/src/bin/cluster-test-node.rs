@@ -1,0 +1,2 @@
+//! A node process used by the harness.
+fn main() {}

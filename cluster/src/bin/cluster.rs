@@ -1,0 +1,2 @@
+//! The `cluster` command-line tool.
+fn main() {}

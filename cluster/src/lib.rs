@@ -1,0 +1,2 @@
+//! Build highly available clustered applications on NATS, not infrastructure.
+pub use cluster_runtime as runtime;

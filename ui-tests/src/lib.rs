@@ -1,0 +1,1 @@
+//! Compile-time tests of the `cluster` macros live in `tests/`.
