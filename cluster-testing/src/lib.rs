@@ -1,1 +1,11 @@
-//! Test harness for `cluster` apps.
+//! Test harness for `cluster` apps: real `nats-server` processes, node
+//! processes under fault injection, and the invariant checker.
+//!
+//! Everything here talks to real parts: [`NatsServer`] / [`NatsCluster`]
+//! start real `nats-server` binaries; node processes are real children that
+//! can be SIGKILLed, SIGSTOPped and restarted.
+
+pub mod invariants;
+pub mod node;
+
+pub use cluster_runtime::nats_server::{NatsCluster, NatsServer, ServerOptions};

@@ -1,2 +1,158 @@
-//! A node process used by the harness.
-fn main() {}
+//! A node process for the harness: runs one configurable app and reports
+//! every role change, member event and "active tick" as a JSON line on
+//! stdout, so tests in another process can check the invariants.
+
+use std::time::Duration;
+
+use clap::Parser;
+use cluster_runtime::app::{App, Mode};
+use cluster_runtime::clock::monotonic_ns;
+use cluster_runtime::config::{Config, ConfigArgs};
+use cluster_runtime::lease::LeaseTiming;
+use cluster_runtime::platform::Platform;
+use cluster_testing::node::NodeEvent;
+
+#[derive(Debug, Parser)]
+#[command(name = "cluster-test-node")]
+struct Args {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// App name.
+    #[arg(long, default_value = "counter")]
+    app: String,
+    /// App mode.
+    #[arg(long, default_value = "singleton")]
+    mode: String,
+    /// App placement.
+    #[arg(long, default_value = "")]
+    placement: String,
+    /// Lease TTL of the app and of the node record, in whole seconds.
+    #[arg(long, default_value_t = 3)]
+    lease_ttl: u64,
+    /// While active, emit a tick every this many ms (0 = never).
+    #[arg(long, default_value_t = 0)]
+    tick_ms: u64,
+}
+
+fn emit(event: &NodeEvent) {
+    use std::io::Write;
+    if let Ok(line) = serde_json::to_string(event) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            emit(&NodeEvent::Error {
+                message: e.to_string(),
+            });
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> cluster_runtime::Result<()> {
+    let config = Config::from_args(&args.config)?;
+    let mode = Mode::parse(&args.mode)
+        .map_err(|e| cluster_runtime::Error::config(format!("--mode: {e}")))?;
+    let ttl = Duration::from_secs(args.lease_ttl);
+    let tick = Duration::from_millis(args.tick_ms);
+    let app = App::builder(args.app.clone())
+        .mode(mode)
+        .placement(args.placement.clone())
+        .lease_ttl(ttl)
+        .on_active(move |ctx| async move {
+            emit(&NodeEvent::Hook {
+                hook: "on_active".into(),
+                app: ctx.app().into(),
+                t_ns: monotonic_ns(),
+            });
+            if !tick.is_zero() {
+                tokio::spawn(async move {
+                    // Work that must only happen while active: each tick is
+                    // emitted only after checking the lease is still valid.
+                    while ctx.is_active() {
+                        let t_ns = monotonic_ns();
+                        emit(&NodeEvent::Tick {
+                            app: ctx.app().into(),
+                            epoch: ctx.fencing_token(),
+                            t_ns,
+                        });
+                        tokio::time::sleep(tick).await;
+                    }
+                });
+            }
+            Ok(())
+        })
+        .on_standby(|ctx| async move {
+            emit(&NodeEvent::Hook {
+                hook: "on_standby".into(),
+                app: ctx.app().into(),
+                t_ns: monotonic_ns(),
+            });
+            Ok(())
+        })
+        .on_start(|ctx| async move {
+            emit(&NodeEvent::Hook {
+                hook: "on_start".into(),
+                app: ctx.app().into(),
+                t_ns: monotonic_ns(),
+            });
+            Ok(())
+        })
+        .on_stop(|ctx| async move {
+            emit(&NodeEvent::Hook {
+                hook: "on_stop".into(),
+                app: ctx.app().into(),
+                t_ns: monotonic_ns(),
+            });
+            Ok(())
+        })
+        .on_member_join(|_ctx, node| async move {
+            emit(&NodeEvent::MemberJoin { node: node.node });
+            Ok(())
+        })
+        .on_member_leave(|_ctx, node| async move {
+            emit(&NodeEvent::MemberLeave { node: node.node });
+            Ok(())
+        })
+        .build()?;
+    let platform = Platform::builder()
+        .config(config)
+        .node_lease(LeaseTiming::from_ttl(ttl)?)
+        .app(app)
+        .on_role_change(|e| emit(&NodeEvent::Role(e.clone())))
+        .start()
+        .await?;
+    emit(&NodeEvent::Ready {
+        node: platform.node().to_owned(),
+        health_addr: platform.health_addr().map(|a| a.to_string()),
+        nats: platform.nats_urls().to_owned(),
+    });
+    platform.run().await?;
+    emit(&NodeEvent::Exited);
+    Ok(())
+}

@@ -1,0 +1,601 @@
+//! Apps: their spec (mode, placement, hooks), roles and the context handed
+//! to user code.
+//!
+//! An [`App`] is built with [`App::builder`] — the same calls the
+//! `#[cluster::app]` macro generates. The platform runs each app with the
+//! pattern its [`Mode`] implies: singleton election or a pool.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{BoxError, Error, Result};
+use crate::lease::{LeaseTiming, Validity};
+use crate::membership::NodeRecord;
+use crate::naming::{self, Names};
+use crate::placement::Placement;
+
+/// How many instances of an app run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One active instance, the other eligible nodes stand by.
+    Singleton,
+    /// An instance on every eligible node.
+    Spread,
+    /// Instances on N eligible nodes.
+    Replicas(u32),
+    /// Every eligible node, P partitions split among them.
+    Ring(u32),
+}
+
+impl Mode {
+    /// Parses `singleton`, `spread`, `replicas(N)` (N ≥ 1) or `ring(P)` (P a
+    /// power of two, 1–4096).
+    ///
+    /// ```
+    /// use cluster_runtime::app::Mode;
+    /// assert_eq!(Mode::parse("replicas(2)"), Ok(Mode::Replicas(2)));
+    /// assert!(Mode::parse("ring(100)").is_err());
+    /// ```
+    pub fn parse(s: &str) -> std::result::Result<Mode, String> {
+        let s = s.trim();
+        let arg = |name: &str| -> Option<std::result::Result<u32, String>> {
+            let inner = s.strip_prefix(name)?.strip_prefix('(')?.strip_suffix(')')?;
+            Some(
+                inner
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("`{inner}` in `{s}` is not a whole number")),
+            )
+        };
+        match s {
+            "singleton" => return Ok(Mode::Singleton),
+            "spread" => return Ok(Mode::Spread),
+            _ => {}
+        }
+        if let Some(n) = arg("replicas") {
+            let n = n?;
+            if n == 0 {
+                return Err("replicas(N) needs N ≥ 1".into());
+            }
+            return Ok(Mode::Replicas(n));
+        }
+        if let Some(p) = arg("ring") {
+            let p = p?;
+            if !(1..=4096).contains(&p) || !p.is_power_of_two() {
+                return Err(format!(
+                    "ring(P) needs P a power of two between 1 and 4096, got {p}"
+                ));
+            }
+            return Ok(Mode::Ring(p));
+        }
+        Err(format!(
+            "unknown mode `{s}`; allowed: singleton, spread, replicas(N), ring(P)"
+        ))
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Singleton => f.write_str("singleton"),
+            Mode::Spread => f.write_str("spread"),
+            Mode::Replicas(n) => write!(f, "replicas({n})"),
+            Mode::Ring(p) => write!(f, "ring({p})"),
+        }
+    }
+}
+
+/// What an app instance is doing on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds the singleton lease and serves.
+    Active,
+    /// Eligible singleton instance waiting to take over.
+    Standby,
+    /// Pool instance running here.
+    Running,
+    /// Not running here (ineligible, not chosen, or shut down).
+    Stopped,
+    /// Starting up: role not decided yet.
+    Pending,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+            Role::Running => "running",
+            Role::Stopped => "stopped",
+            Role::Pending => "pending",
+        })
+    }
+}
+
+/// A hook's result: user errors of any type.
+pub type HookResult = std::result::Result<(), BoxError>;
+
+type Hook = Arc<dyn Fn(AppContext) -> BoxFuture<'static, HookResult> + Send + Sync>;
+type LeaderHook =
+    Arc<dyn Fn(AppContext, Option<String>) -> BoxFuture<'static, HookResult> + Send + Sync>;
+type MemberHook =
+    Arc<dyn Fn(AppContext, NodeRecord) -> BoxFuture<'static, HookResult> + Send + Sync>;
+
+/// The lifecycle hooks of an app. Each is optional.
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    pub(crate) on_active: Option<Hook>,
+    pub(crate) on_standby: Option<Hook>,
+    pub(crate) on_start: Option<Hook>,
+    pub(crate) on_stop: Option<Hook>,
+    pub(crate) on_leader_change: Option<LeaderHook>,
+    pub(crate) on_member_join: Option<MemberHook>,
+    pub(crate) on_member_leave: Option<MemberHook>,
+}
+
+/// A validated app spec, ready to be run by a [`Platform`](crate::platform::Platform).
+#[derive(Clone)]
+pub struct App {
+    pub(crate) name: String,
+    pub(crate) mode: Mode,
+    pub(crate) placement: Placement,
+    pub(crate) lease: LeaseTiming,
+    pub(crate) hook_timeout: Duration,
+    pub(crate) hooks: Hooks,
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("placement", &self.placement)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Starts building an app named `name` (`[a-z0-9-]+`).
+    ///
+    /// ```
+    /// use cluster_runtime::app::{App, Mode};
+    /// let app = App::builder("counter")
+    ///     .mode(Mode::Singleton)
+    ///     .placement("label=zone=a")
+    ///     .on_active(|ctx| async move {
+    ///         println!("{} is active with epoch {:?}", ctx.node(), ctx.epoch());
+    ///         Ok(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(app.name(), "counter");
+    /// ```
+    pub fn builder(name: impl Into<String>) -> AppBuilder {
+        AppBuilder {
+            name: name.into(),
+            mode: Mode::Singleton,
+            placement: String::new(),
+            lease_ttl: None,
+            lease_timing: None,
+            hook_timeout: Duration::from_secs(30),
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// The app's wire name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The app's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The lease timings of a singleton.
+    pub fn lease_timing(&self) -> LeaseTiming {
+        self.lease
+    }
+}
+
+/// Builds an [`App`]; errors are reported by [`build`](AppBuilder::build).
+#[must_use]
+pub struct AppBuilder {
+    name: String,
+    mode: Mode,
+    placement: String,
+    lease_ttl: Option<Duration>,
+    lease_timing: Option<LeaseTiming>,
+    hook_timeout: Duration,
+    hooks: Hooks,
+}
+
+impl fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hook<F, Fut>(f: F) -> Hook
+where
+    F: Fn(AppContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HookResult> + Send + 'static,
+{
+    Arc::new(move |ctx| Box::pin(f(ctx)))
+}
+
+impl AppBuilder {
+    /// Sets the mode (default singleton).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets placement constraints (grammar in [`crate::placement`]).
+    pub fn placement(mut self, placement: impl Into<String>) -> Self {
+        self.placement = placement.into();
+        self
+    }
+
+    /// Sets the lease TTL; renew and deadline follow the default proportions.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+
+    /// Sets all three lease timings explicitly.
+    pub fn lease_timing(mut self, timing: LeaseTiming) -> Self {
+        self.lease_timing = Some(timing);
+        self
+    }
+
+    /// How long a hook may run before it counts as failed (default 30 s).
+    pub fn hook_timeout(mut self, timeout: Duration) -> Self {
+        self.hook_timeout = timeout;
+        self
+    }
+
+    /// Runs when this node becomes the active instance of a singleton. If it
+    /// fails or times out, the node gives up the lease and backs off.
+    pub fn on_active<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_active = Some(hook(f));
+        self
+    }
+
+    /// Runs when this node becomes (or stays, at start) a standby.
+    pub fn on_standby<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_standby = Some(hook(f));
+        self
+    }
+
+    /// Runs when a pool instance starts on this node.
+    pub fn on_start<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_start = Some(hook(f));
+        self
+    }
+
+    /// Runs when a pool instance stops on this node.
+    pub fn on_stop<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_stop = Some(hook(f));
+        self
+    }
+
+    /// Runs on every node when the singleton's active instance changes
+    /// (`None` while there is none).
+    pub fn on_leader_change<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext, Option<String>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_leader_change = Some(Arc::new(move |ctx, leader| Box::pin(f(ctx, leader))));
+        self
+    }
+
+    /// Runs when a node joins the platform.
+    pub fn on_member_join<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext, NodeRecord) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_member_join = Some(Arc::new(move |ctx, node| Box::pin(f(ctx, node))));
+        self
+    }
+
+    /// Runs when a node leaves the platform (gracefully or by expiry).
+    pub fn on_member_leave<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext, NodeRecord) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_member_leave = Some(Arc::new(move |ctx, node| Box::pin(f(ctx, node))));
+        self
+    }
+
+    /// Validates and builds the app. Every problem names the setting.
+    pub fn build(self) -> Result<App> {
+        naming::validate_app(&self.name)?;
+        let placement = Placement::parse(&self.placement)
+            .map_err(|e| Error::config(format!("app `{}` placement: {e}", self.name)))?;
+        let unsupported = placement.unsupported_terms();
+        if !unsupported.is_empty() {
+            return Err(Error::config(format!(
+                "app `{}` placement: {unsupported:?} are not supported by this runtime yet (only label=, avoid-label= and node= are); see docs/placement.md",
+                self.name
+            )));
+        }
+        if let Mode::Ring(_) = self.mode {
+            return Err(Error::config(format!(
+                "app `{}`: mode ring(P) is not supported by this runtime yet; use singleton, spread or replicas(N)",
+                self.name
+            )));
+        }
+        let lease = match (self.lease_timing, self.lease_ttl) {
+            (Some(t), _) => LeaseTiming::new(t.ttl, t.renew, t.deadline),
+            (None, Some(ttl)) => LeaseTiming::from_ttl(ttl),
+            (None, None) => Ok(LeaseTiming::default()),
+        }
+        .map_err(|e| Error::config(format!("app `{}`: {e}", self.name)))?;
+        if self.hook_timeout.is_zero() {
+            return Err(Error::config(format!(
+                "app `{}`: hook_timeout must be > 0",
+                self.name
+            )));
+        }
+        Ok(App {
+            name: self.name,
+            mode: self.mode,
+            placement,
+            lease,
+            hook_timeout: self.hook_timeout,
+            hooks: self.hooks,
+        })
+    }
+}
+
+/// A snapshot of an app's state on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppState {
+    /// This node's role.
+    pub role: Role,
+    /// The node holding the singleton lease, if known.
+    pub leader: Option<String>,
+    /// The epoch (fencing token) of the current leader, if known.
+    pub epoch: Option<u64>,
+}
+
+/// Requests from user code to the app's pattern task.
+#[derive(Debug)]
+pub(crate) enum AppCommand {
+    /// Give up the lease so another node takes over.
+    StepDown,
+}
+
+/// What user code gets in every hook and handler: who and where it is, its
+/// role, and the fencing token while active.
+#[derive(Clone)]
+pub struct AppContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    names: Names,
+    node: String,
+    app: String,
+    mode: Mode,
+    transport: crate::transport::Transport,
+    state: watch::Receiver<AppState>,
+    validity: Mutex<Option<Validity>>,
+    commands: mpsc::Sender<AppCommand>,
+    labels: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for AppContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppContext")
+            .field("platform", &self.platform())
+            .field("node", &self.inner.node)
+            .field("app", &self.inner.app)
+            .field("state", &*self.inner.state.borrow())
+            .finish()
+    }
+}
+
+impl AppContext {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        names: Names,
+        node: String,
+        app: String,
+        mode: Mode,
+        transport: crate::transport::Transport,
+        state: watch::Receiver<AppState>,
+        commands: mpsc::Sender<AppCommand>,
+        labels: BTreeMap<String, String>,
+    ) -> Self {
+        AppContext {
+            inner: Arc::new(ContextInner {
+                names,
+                node,
+                app,
+                mode,
+                transport,
+                state,
+                validity: Mutex::new(None),
+                commands,
+                labels,
+            }),
+        }
+    }
+
+    pub(crate) fn set_validity(&self, validity: Option<Validity>) {
+        if let Ok(mut v) = self.inner.validity.lock() {
+            *v = validity;
+        }
+    }
+
+    /// The platform name.
+    pub fn platform(&self) -> &str {
+        self.inner.names.platform()
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// This node's labels.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.inner.labels
+    }
+
+    /// The app's name.
+    pub fn app(&self) -> &str {
+        &self.inner.app
+    }
+
+    /// The app's mode.
+    pub fn mode(&self) -> Mode {
+        self.inner.mode
+    }
+
+    /// This node's current role.
+    pub fn role(&self) -> Role {
+        self.inner.state.borrow().role
+    }
+
+    /// The node currently active for this singleton, if known.
+    pub fn leader(&self) -> Option<String> {
+        self.inner.state.borrow().leader.clone()
+    }
+
+    /// The current leader's epoch, if known.
+    pub fn epoch(&self) -> Option<u64> {
+        self.inner.state.borrow().epoch
+    }
+
+    /// This node's fencing token while it is active and its lease valid;
+    /// attach it to side effects so stale writers can be rejected.
+    pub fn fencing_token(&self) -> Option<u64> {
+        if self.is_active() {
+            self.epoch()
+        } else {
+            None
+        }
+    }
+
+    /// True while this node is the active instance *and* its lease deadline
+    /// has not passed. Checked against the clock, so it turns false on time
+    /// even when the node was paused or cut off from NATS.
+    pub fn is_active(&self) -> bool {
+        match self.inner.validity.lock() {
+            Ok(v) => v.as_ref().is_some_and(Validity::is_valid),
+            Err(_) => false,
+        }
+    }
+
+    /// Watches role, leader and epoch changes.
+    pub fn watch_state(&self) -> watch::Receiver<AppState> {
+        self.inner.state.clone()
+    }
+
+    /// Asks this node to give up the active role; another eligible node
+    /// takes over. Returns once the request is queued.
+    pub async fn stepdown(&self) -> Result<()> {
+        self.inner
+            .commands
+            .send(AppCommand::StepDown)
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// The platform's NATS names.
+    pub fn names(&self) -> &Names {
+        &self.inner.names
+    }
+
+    /// The raw NATS client, for what the framework does not cover.
+    pub fn nats(&self) -> &async_nats::Client {
+        self.inner.transport.client()
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        self.inner.transport.jetstream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_grammar() {
+        assert_eq!(Mode::parse("singleton"), Ok(Mode::Singleton));
+        assert_eq!(Mode::parse("spread"), Ok(Mode::Spread));
+        assert_eq!(Mode::parse("replicas(3)"), Ok(Mode::Replicas(3)));
+        assert_eq!(Mode::parse("ring(64)"), Ok(Mode::Ring(64)));
+        assert!(Mode::parse("replicas(0)")
+            .expect_err("zero")
+            .contains("N ≥ 1"));
+        assert!(Mode::parse("ring(100)")
+            .expect_err("pow2")
+            .contains("power of two"));
+        assert!(Mode::parse("ring(8192)").is_err());
+        assert!(Mode::parse("leader")
+            .expect_err("unknown")
+            .contains("allowed"));
+        assert!(Mode::parse("replicas(x)").is_err());
+        for m in ["singleton", "spread", "replicas(2)", "ring(64)"] {
+            assert_eq!(Mode::parse(m).map(|m| m.to_string()).as_deref(), Ok(m));
+        }
+    }
+
+    #[test]
+    fn builder_validates() {
+        assert!(App::builder("Bad").build().is_err());
+        assert!(App::builder("nodes").build().is_err());
+        assert!(App::builder("a").placement("zone=a").build().is_err());
+        assert!(App::builder("a")
+            .placement("prefer-label=ssd")
+            .build()
+            .is_err());
+        assert!(App::builder("a")
+            .lease_ttl(Duration::from_millis(500))
+            .build()
+            .is_err());
+        let app = App::builder("a")
+            .lease_ttl(Duration::from_secs(1))
+            .build()
+            .expect("valid");
+        assert_eq!(app.lease_timing().deadline, Duration::from_millis(800));
+    }
+}

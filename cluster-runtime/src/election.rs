@@ -1,0 +1,270 @@
+//! Singleton active/standby on top of [`lease`](crate::lease).
+//!
+//! Guarantees: at most one node is active (it holds the `election` lease in
+//! `P_A_coord`); an active that cannot renew demotes itself at its lease
+//! deadline, before the key can expire and be taken; a graceful step-down
+//! demotes locally first, then deletes the key so a standby takes over at
+//! once. An active whose `on_active` hook fails gives the lease up and backs
+//! off (flap damping) so another node can take over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::app::{AppCommand, Role};
+use crate::clock;
+use crate::instance::{flap_backoff, Instance};
+use crate::lease::{HeldLease, KeyState, LeaseKey, LostReason};
+use crate::transport::Transport;
+
+/// The value of a singleton's election key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The active node.
+    pub holder: String,
+    /// Its epoch. Absent in the acquiring write itself, whose revision *is*
+    /// the epoch; every renew carries it.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+}
+
+impl LeaderRecord {
+    /// Decodes a held key's value into (holder, epoch).
+    pub fn decode(seq: u64, value: &[u8]) -> Option<(String, u64)> {
+        let rec: LeaderRecord = serde_json::from_slice(value).ok()?;
+        let epoch = rec.epoch.unwrap_or(seq);
+        Some((rec.holder, epoch))
+    }
+
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+/// How an active period ended.
+enum Ended {
+    /// Lease lost (expired or taken): try again at once.
+    Lost,
+    /// Gave up on purpose: hold off for a while so another node wins.
+    GaveUp(Duration),
+    /// Shutting down.
+    Shutdown,
+}
+
+pub(crate) struct Election {
+    pub(crate) inst: Arc<Instance>,
+    pub(crate) key: LeaseKey,
+    pub(crate) transport: Transport,
+    pub(crate) commands: mpsc::Receiver<AppCommand>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) eligible: bool,
+}
+
+type KeyWatch = std::pin::Pin<Box<dyn Stream<Item = KeyState> + Send>>;
+
+impl Election {
+    pub(crate) async fn run(mut self) {
+        let mut registered = self.inst.membership.registered();
+        let mut generation = self.transport.generation();
+        let mut holdoff_until = Instant::now();
+        let mut failures = 0u32;
+        let mut watch: Option<KeyWatch> = None;
+        if !self.eligible {
+            self.inst.set_role(Role::Stopped, None, None);
+        }
+        'outer: loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            if watch.is_none() {
+                watch = self.key.watch().await.ok().map(|w| Box::pin(w) as KeyWatch);
+            }
+            let mut next = match self.key.read().await {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read election key; retrying");
+                    None
+                }
+            };
+            loop {
+                if let Some(state) = next.take() {
+                    match state {
+                        KeyState::Held { seq, value } => {
+                            let (holder, epoch) = LeaderRecord::decode(seq, &value).unzip();
+                            self.inst.observe_leader(holder.clone(), epoch).await;
+                            // Held by someone — possibly our own previous
+                            // incarnation after a restart: it expires, then
+                            // we compete like everyone else.
+                            self.become_standby().await;
+                        }
+                        KeyState::Free { seq } => {
+                            self.inst.observe_leader(None, None).await;
+                            let can_compete = self.eligible
+                                && *registered.borrow()
+                                && Instant::now() >= holdoff_until;
+                            if can_compete {
+                                let record = LeaderRecord {
+                                    holder: self.inst.node().to_owned(),
+                                    epoch: None,
+                                };
+                                match self.key.try_acquire(seq, record.encode()).await {
+                                    Ok(Some(held)) => {
+                                        watch = None;
+                                        match self.active(held, &mut failures).await {
+                                            Ended::Lost => {}
+                                            Ended::GaveUp(d) => holdoff_until = Instant::now() + d,
+                                            Ended::Shutdown => break 'outer,
+                                        }
+                                        continue 'outer;
+                                    }
+                                    Ok(None) => continue 'outer,
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "acquire failed; retrying");
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                        continue 'outer;
+                                    }
+                                }
+                            }
+                            self.become_standby().await;
+                        }
+                    }
+                }
+                let holdoff_pending = Instant::now() < holdoff_until;
+                let safety_poll = self.key.timing().ttl;
+                tokio::select! {
+                    item = async { match watch.as_mut() { Some(w) => w.next().await, None => None } } => {
+                        match item {
+                            Some(state) => next = Some(state),
+                            None => {
+                                watch = None;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue 'outer;
+                            }
+                        }
+                    }
+                    _ = generation.changed() => {
+                        // Reconnected: the watch may have missed events.
+                        watch = None;
+                        continue 'outer;
+                    }
+                    _ = registered.changed() => continue 'outer,
+                    _ = tokio::time::sleep_until(holdoff_until), if holdoff_pending => continue 'outer,
+                    _ = tokio::time::sleep(safety_poll) => continue 'outer,
+                    _ = self.commands.recv() => {} // step-down while standby: nothing to do
+                    _ = self.shutdown.changed() => continue 'outer,
+                }
+            }
+        }
+        self.inst.set_role(Role::Stopped, None, None);
+    }
+
+    async fn become_standby(&self) {
+        if !self.eligible {
+            return;
+        }
+        let role = self.inst.state.borrow().role;
+        if role != Role::Standby {
+            self.inst.set_role(Role::Standby, None, None);
+            let _ = self.inst.hook("on_standby").await;
+        }
+    }
+
+    /// The active period: from a won acquire until the lease is lost or
+    /// given up.
+    async fn active(&mut self, held: HeldLease, failures: &mut u32) -> Ended {
+        let epoch = held.epoch();
+        let node = self.inst.node().to_owned();
+        held.set_value(
+            LeaderRecord {
+                holder: node.clone(),
+                epoch: Some(epoch),
+            }
+            .encode(),
+        );
+        self.inst.ctx.set_validity(Some(held.validity()));
+        self.inst.set_role(Role::Active, Some(epoch), None);
+        self.inst.observe_leader(Some(node), Some(epoch)).await;
+
+        let activation = tokio::select! {
+            result = self.inst.hook("on_active") => result.map_err(|_| None),
+            reason = held.lost() => Err(Some(reason)),
+        };
+        match activation {
+            Ok(()) => *failures = 0,
+            Err(None) => {
+                *failures += 1;
+                let backoff = flap_backoff(*failures);
+                tracing::warn!(?backoff, "on_active failed; giving up the lease");
+                self.step_down(&held).await;
+                return Ended::GaveUp(backoff);
+            }
+            Err(Some(reason)) => return self.lost(&held, reason).await,
+        }
+
+        enum Next {
+            Lost(LostReason),
+            StepDown,
+            Partitioned,
+            Shutdown,
+        }
+        let mut registered = self.inst.membership.registered();
+        let next = tokio::select! {
+            reason = held.lost() => Next::Lost(reason),
+            cmd = self.commands.recv() => match cmd {
+                Some(AppCommand::StepDown) => Next::StepDown,
+                None => Next::Shutdown,
+            },
+            _ = registered.wait_for(|r| !*r) => Next::Partitioned,
+            _ = self.shutdown.wait_for(|s| *s) => Next::Shutdown,
+        };
+        match next {
+            Next::Lost(reason) => self.lost(&held, reason).await,
+            Next::StepDown => {
+                self.step_down(&held).await;
+                Ended::GaveUp(self.key.timing().ttl)
+            }
+            Next::Partitioned => {
+                // Our membership record lapsed: we are cut off. Demote now.
+                self.step_down(&held).await;
+                Ended::Lost
+            }
+            Next::Shutdown => {
+                self.step_down(&held).await;
+                Ended::Shutdown
+            }
+        }
+    }
+
+    /// Lease lost under us: demote, recording that validity ended at the
+    /// deadline (which may be in the past if this process was paused).
+    async fn lost(&self, held: &HeldLease, reason: LostReason) -> Ended {
+        self.inst.ctx.set_validity(None);
+        let valid_until = clock::instant_ns(held.validity().valid_until());
+        let valid_until_ns = (valid_until < clock::monotonic_ns()).then_some(valid_until);
+        self.inst.set_role(Role::Standby, None, valid_until_ns);
+        tracing::warn!(?reason, "lost the active role");
+        let _ = self.inst.hook("on_standby").await;
+        Ended::Lost
+    }
+
+    /// Graceful hand-over: demote locally first (hooks run), then delete the
+    /// key with our revision so successors see it at once.
+    async fn step_down(&self, held: &HeldLease) {
+        self.inst.ctx.set_validity(None);
+        let role = if *self.shutdown.borrow() {
+            Role::Stopped
+        } else {
+            Role::Standby
+        };
+        self.inst.set_role(role, None, None);
+        let _ = self.inst.hook("on_standby").await;
+        if let Err(e) = held.release().await {
+            tracing::warn!(error = %e, "could not delete the election key; it will expire");
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The node's HTTP endpoint: `GET /health` (liveness), `GET /ready`
+//! (readiness) and `GET /status` (the JSON document of DESIGN §5).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use axum::Router;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::platform::{readiness, status, Shared};
+
+/// Binds `addr` and serves; returns the bound address (port 0 picks one).
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::config(format!(
+            "--health-addr/CLUSTER_HEALTH_ADDR: cannot listen on {addr}: {e}"
+        ))
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io("health listener address", e))?;
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/status", get(status_doc))
+        .with_state(shared);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "health endpoint stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    match readiness(&shared) {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "ready": true }))),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "reason": reason })),
+        ),
+    }
+}
+
+async fn status_doc(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    Json(status(&shared).await)
+}

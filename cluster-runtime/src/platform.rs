@@ -1,0 +1,566 @@
+//! The platform: ties config, transport, membership and apps together.
+//!
+//! [`Platform::builder`] validates everything before anything starts;
+//! [`Platform::run`] runs until SIGTERM/SIGINT and then shuts down
+//! gracefully — active singletons hand over (demote, delete their lease),
+//! pools stop, and the node record is deleted so others see the leave at
+//! once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::app::{App, AppCommand, AppContext, AppState, Mode, Role};
+use crate::config::Config;
+use crate::election::Election;
+use crate::error::{Error, Result};
+use crate::instance::{Instance, RoleEvent, RoleObserver};
+use crate::lease::{self, LeaseKey, LeaseTiming};
+use crate::membership::{MemberEvent, Membership, NodeRecord};
+use crate::naming::Names;
+use crate::transport::Transport;
+
+/// Builds a [`Platform`].
+#[must_use]
+#[derive(Default)]
+pub struct PlatformBuilder {
+    config: Option<Config>,
+    apps: Vec<App>,
+    observer: Option<RoleObserver>,
+    node_lease: Option<LeaseTiming>,
+}
+
+impl std::fmt::Debug for PlatformBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlatformBuilder")
+            .field("config", &self.config)
+            .field("apps", &self.apps)
+            .finish()
+    }
+}
+
+impl PlatformBuilder {
+    /// The node's configuration (see [`Config::from_args`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Adds an app.
+    pub fn app(mut self, app: App) -> Self {
+        self.apps.push(app);
+        self
+    }
+
+    /// Calls `f` on every role change of every app on this node (used by the
+    /// test harness's invariant recorder and by audit later).
+    pub fn on_role_change(mut self, f: impl Fn(&RoleEvent) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(f));
+        self
+    }
+
+    /// Lease timings of this node's membership record (default 3 s / 1 s / 2.4 s).
+    pub fn node_lease(mut self, timing: LeaseTiming) -> Self {
+        self.node_lease = Some(timing);
+        self
+    }
+
+    /// Validates, connects and starts everything. Nothing is started when
+    /// validation fails.
+    pub async fn start(self) -> Result<Platform> {
+        let config = self.config.unwrap_or_default();
+        let names = Names::new(&config.platform)?;
+        crate::naming::validate_node(&config.node)?;
+        let mut seen = std::collections::HashSet::new();
+        for app in &self.apps {
+            if !seen.insert(app.name.clone()) {
+                return Err(Error::config(format!(
+                    "app `{}` is registered twice",
+                    app.name
+                )));
+            }
+        }
+        let node_lease = self.node_lease.unwrap_or_default();
+
+        let mut config = config;
+        let dev_server = if config.dev {
+            Some(crate::dev::start(&mut config).await?)
+        } else {
+            None
+        };
+        let transport = Transport::connect(&config.nats).await?;
+        let replicas = if transport.client().server_info().connect_urls.len() >= 3 {
+            3
+        } else {
+            1
+        };
+
+        let record = NodeRecord {
+            node: config.node.clone(),
+            platform: config.platform.clone(),
+            labels: config.labels.clone(),
+            health_addr: None,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            pid: std::process::id(),
+            apps: self
+                .apps
+                .iter()
+                .map(|a| {
+                    (
+                        a.name.clone(),
+                        crate::membership::AppRecord {
+                            mode: a.mode,
+                            role: Role::Pending,
+                            epoch: None,
+                        },
+                    )
+                })
+                .collect(),
+            cordoned: false,
+        };
+        let membership = Membership::start(
+            &transport,
+            &names.nodes_bucket(),
+            replicas,
+            node_lease,
+            record,
+        )
+        .await?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+        let mut tasks = Vec::new();
+        let mut apps = BTreeMap::new();
+        for app in self.apps {
+            let (state_tx, state_rx) = watch::channel(AppState {
+                role: Role::Pending,
+                leader: None,
+                epoch: None,
+            });
+            let (cmd_tx, cmd_rx) = mpsc::channel(8);
+            let ctx = AppContext::new(
+                names.clone(),
+                config.node.clone(),
+                app.name.clone(),
+                app.mode,
+                transport.clone(),
+                state_rx.clone(),
+                cmd_tx.clone(),
+                config.labels.clone(),
+            );
+            let inst = Arc::new(Instance {
+                app: app.clone(),
+                ctx: ctx.clone(),
+                state: state_tx,
+                membership: membership.clone(),
+                observer: self.observer.clone(),
+            });
+            tasks.push(tokio::spawn(member_hooks(
+                inst.clone(),
+                shutdown_rx.clone(),
+            )));
+            match app.mode {
+                Mode::Singleton => {
+                    let kv = lease::open_bucket(
+                        transport.jetstream(),
+                        &names.app_coord_bucket(&app.name),
+                        replicas,
+                    )
+                    .await?;
+                    let key = LeaseKey::new(
+                        transport.jetstream().clone(),
+                        kv,
+                        names.election_key(),
+                        app.lease,
+                    );
+                    let election = Election {
+                        eligible: app.placement.allows(&config.node, &config.labels),
+                        inst,
+                        key,
+                        transport: transport.clone(),
+                        commands: cmd_rx,
+                        shutdown: shutdown_rx.clone(),
+                    };
+                    tasks.push(tokio::spawn(election.run()));
+                }
+                Mode::Spread | Mode::Replicas(_) => {
+                    tasks.push(tokio::spawn(crate::pool::run(inst, shutdown_rx.clone())));
+                }
+                Mode::Ring(_) => {
+                    return Err(Error::config(format!(
+                        "app `{}`: ring mode is not supported yet",
+                        app.name
+                    )))
+                }
+            }
+            apps.insert(
+                app.name.clone(),
+                AppHandle {
+                    app,
+                    ctx,
+                    state: state_rx,
+                    commands: cmd_tx,
+                },
+            );
+        }
+
+        let shared = Arc::new(Shared {
+            config,
+            names,
+            transport,
+            membership,
+            apps,
+            shutdown: shutdown_tx,
+        });
+        tasks.push(tokio::spawn(control_loop(shared.clone())));
+        let http = match shared.config.health_addr {
+            Some(addr) => {
+                let (bound, task) = crate::http::serve(addr, shared.clone()).await?;
+                shared
+                    .membership
+                    .update(|r| r.health_addr = Some(bound.to_string()));
+                Some((bound, task))
+            }
+            None => None,
+        };
+        Ok(Platform {
+            shared,
+            tasks,
+            http,
+            _dev_server: dev_server,
+        })
+    }
+}
+
+pub(crate) struct AppHandle {
+    pub(crate) app: App,
+    pub(crate) ctx: AppContext,
+    pub(crate) state: watch::Receiver<AppState>,
+    pub(crate) commands: mpsc::Sender<AppCommand>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) names: Names,
+    pub(crate) transport: Transport,
+    pub(crate) membership: Membership,
+    pub(crate) apps: BTreeMap<String, AppHandle>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+/// A running node.
+pub struct Platform {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
+    _dev_server: Option<crate::nats_server::NatsServer>,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("platform", &self.shared.names.platform())
+            .field("node", &self.shared.config.node)
+            .finish()
+    }
+}
+
+/// The `/status` document (DESIGN §5).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Status {
+    /// Node id.
+    pub node: String,
+    /// Platform name.
+    pub platform: String,
+    /// NATS connection.
+    pub nats: NatsStatus,
+    /// Apps on this node.
+    pub apps: BTreeMap<String, AppStatus>,
+    /// Health checks.
+    pub checks: BTreeMap<String, CheckStatus>,
+}
+
+/// NATS part of [`Status`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct NatsStatus {
+    /// Connected right now.
+    pub connected: bool,
+    /// Round trip to the server.
+    pub rtt_ms: Option<f64>,
+}
+
+/// One app in [`Status`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct AppStatus {
+    /// Mode.
+    pub mode: String,
+    /// This node's role.
+    pub role: Role,
+    /// The active node (singletons).
+    pub leader: Option<String>,
+    /// The leader's epoch.
+    pub epoch: Option<u64>,
+    /// Lease TTL in ms.
+    pub lease_ttl_ms: u64,
+    /// Ring partitions owned here (ring apps).
+    pub partitions: Vec<u32>,
+}
+
+/// One health check in [`Status`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct CheckStatus {
+    /// Passing.
+    pub ok: bool,
+    /// Detail.
+    pub message: String,
+}
+
+impl Platform {
+    /// Starts building a platform node.
+    ///
+    /// ```no_run
+    /// use cluster_runtime::{app::App, config::Config, platform::Platform};
+    /// # async fn run() -> cluster_runtime::error::Result<()> {
+    /// let app = App::builder("counter").build()?;
+    /// Platform::builder().config(Config::default()).app(app).start().await?.run().await
+    /// # }
+    /// ```
+    pub fn builder() -> PlatformBuilder {
+        PlatformBuilder::default()
+    }
+
+    /// The node id.
+    pub fn node(&self) -> &str {
+        &self.shared.config.node
+    }
+
+    /// The bound health/status address, if enabled.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The NATS URLs this node uses (the local server's in dev mode).
+    pub fn nats_urls(&self) -> &str {
+        self.shared.transport.urls()
+    }
+
+    /// The context of one app on this node.
+    pub fn app(&self, name: &str) -> Option<AppContext> {
+        self.shared.apps.get(name).map(|h| h.ctx.clone())
+    }
+
+    /// The membership view.
+    pub fn membership(&self) -> &Membership {
+        &self.shared.membership
+    }
+
+    /// This node's status document.
+    pub async fn status(&self) -> Status {
+        status(&self.shared).await
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run(self) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| Error::io("install SIGTERM handler", e))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| Error::io("install SIGINT handler", e))?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Hands over active roles, stops pools, deletes the node record.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.send_replace(true);
+        let apps = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(Duration::from_secs(35), apps)
+            .await
+            .is_err()
+        {
+            tracing::warn!("apps did not stop within 35 s");
+        }
+        self.shared.membership.leave().await;
+        if let Some((_, http)) = self.http {
+            http.abort();
+        }
+    }
+}
+
+pub(crate) async fn status(shared: &Shared) -> Status {
+    let rtt = shared.transport.rtt().await;
+    let connected = shared.transport.is_connected();
+    let registered = *shared.membership.registered().borrow();
+    let mut checks = BTreeMap::new();
+    checks.insert(
+        "nats".to_owned(),
+        CheckStatus {
+            ok: connected,
+            message: match rtt {
+                Some(r) => format!(
+                    "connected to {}, rtt {:.2} ms",
+                    shared.transport.urls(),
+                    r.as_secs_f64() * 1e3
+                ),
+                None => format!("not connected to {}", shared.transport.urls()),
+            },
+        },
+    );
+    checks.insert(
+        "membership".to_owned(),
+        CheckStatus {
+            ok: registered,
+            message: if registered {
+                "node record held".into()
+            } else {
+                "node record not held".into()
+            },
+        },
+    );
+    let apps = shared
+        .apps
+        .iter()
+        .map(|(name, h)| {
+            let s = h.state.borrow().clone();
+            (
+                name.clone(),
+                AppStatus {
+                    mode: h.app.mode.to_string(),
+                    role: s.role,
+                    leader: s.leader,
+                    epoch: s.epoch,
+                    lease_ttl_ms: h.app.lease.ttl.as_millis() as u64,
+                    partitions: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    Status {
+        node: shared.config.node.clone(),
+        platform: shared.names.platform().to_owned(),
+        nats: NatsStatus {
+            connected,
+            rtt_ms: rtt.map(|r| r.as_secs_f64() * 1e3),
+        },
+        apps,
+        checks,
+    }
+}
+
+/// Readiness: NATS connected, node registered, every app past `pending`.
+pub(crate) fn readiness(shared: &Shared) -> std::result::Result<(), String> {
+    if !shared.transport.is_connected() {
+        return Err("NATS not connected".into());
+    }
+    if !*shared.membership.registered().borrow() {
+        return Err("node record not registered".into());
+    }
+    if let Some((name, _)) = shared
+        .apps
+        .iter()
+        .find(|(_, h)| h.state.borrow().role == Role::Pending)
+    {
+        return Err(format!("app `{name}` has not started"));
+    }
+    Ok(())
+}
+
+/// A request on `P._.control.stepdown`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct StepDownRequest {
+    /// The app whose active instance should hand over.
+    pub app: String,
+}
+
+/// The active node's answer to a [`StepDownRequest`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct StepDownReply {
+    /// The node that stepped down.
+    pub node: String,
+    /// The epoch it gave up.
+    pub epoch: Option<u64>,
+}
+
+/// Answers operator commands. Only the node where the app is active
+/// replies, so a request gets exactly one answer or none.
+async fn control_loop(shared: Arc<Shared>) {
+    let subject = shared.names.control_subject("stepdown");
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut sub = match shared.transport.client().subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to control subjects");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => match m { Some(m) => m, None => return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let Ok(req) = serde_json::from_slice::<StepDownRequest>(&msg.payload) else {
+            continue;
+        };
+        let Some(handle) = shared.apps.get(&req.app) else {
+            continue;
+        };
+        if handle.state.borrow().role != Role::Active {
+            continue;
+        }
+        let epoch = handle.state.borrow().epoch;
+        if handle.commands.send(AppCommand::StepDown).await.is_err() {
+            continue;
+        }
+        if let Some(reply) = msg.reply {
+            let body = serde_json::to_vec(&StepDownReply {
+                node: shared.config.node.clone(),
+                epoch,
+            })
+            .unwrap_or_default();
+            let _ = shared.transport.client().publish(reply, body.into()).await;
+        }
+    }
+}
+
+/// Fires `on_member_join` / `on_member_leave` for one app.
+async fn member_hooks(inst: Arc<Instance>, mut shutdown: watch::Receiver<bool>) {
+    if inst.app.hooks.on_member_join.is_none() && inst.app.hooks.on_member_leave.is_none() {
+        return;
+    }
+    let mut events = inst.membership.events();
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (name, hook, node) = match event {
+            Ok(MemberEvent::Joined(n)) => {
+                ("on_member_join", inst.app.hooks.on_member_join.clone(), n)
+            }
+            Ok(MemberEvent::Left(n)) => {
+                ("on_member_leave", inst.app.hooks.on_member_leave.clone(), n)
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "member hooks lagged behind");
+                continue;
+            }
+            Err(_) => return,
+        };
+        if let Some(hook) = hook {
+            let _ = inst.run_hook(name, hook(inst.ctx.clone(), node)).await;
+        }
+    }
+}
