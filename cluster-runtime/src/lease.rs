@@ -112,7 +112,7 @@ pub enum KeyState {
 }
 
 impl KeyState {
-    fn from_entry(entry: Option<&kv::Entry>) -> KeyState {
+    pub(crate) fn from_entry(entry: Option<&kv::Entry>) -> KeyState {
         match entry {
             None => KeyState::Free { seq: 0 },
             Some(e) if e.operation == kv::Operation::Put => KeyState::Held {

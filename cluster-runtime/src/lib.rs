@@ -12,6 +12,7 @@ mod dev;
 pub mod election;
 pub mod error;
 mod http;
+pub mod inspect;
 pub mod instance;
 pub mod lease;
 pub mod membership;

@@ -203,10 +203,12 @@ async fn register_loop(inner: Arc<Inner>) {
                     }
                 }
                 _ = until_set(&mut shutdown) => {
-                    inner.registered.send_replace(false);
                     if let Err(e) = held.release().await {
                         tracing::warn!(error = %e, "could not delete node record on leave");
                     }
+                    // Only now: `leave()` waits for this, and the process may
+                    // exit (closing the connection) as soon as it returns.
+                    inner.registered.send_replace(false);
                     return;
                 }
             }
