@@ -240,29 +240,34 @@ impl Election {
         }
     }
 
-    /// Lease lost under us: demote, recording that validity ended at the
-    /// deadline (which may be in the past if this process was paused).
+    /// Lease lost under us: demote, then carry on as a candidate.
     async fn lost(&self, held: &HeldLease, reason: LostReason) -> Ended {
+        tracing::warn!(?reason, "lost the active role");
+        self.demote(held, Role::Standby).await;
+        Ended::Lost
+    }
+
+    /// Stops being active: the context turns inactive, the role change is
+    /// recorded — with the lease's deadline when that has already passed (a
+    /// paused or cut-off node notices late, but stopped being valid at its
+    /// deadline) — and `on_standby` runs.
+    async fn demote(&self, held: &HeldLease, role: Role) {
         self.inst.ctx.set_validity(None);
         let valid_until = clock::instant_ns(held.validity().valid_until());
         let valid_until_ns = (valid_until < clock::monotonic_ns()).then_some(valid_until);
-        self.inst.set_role(Role::Standby, None, valid_until_ns);
-        tracing::warn!(?reason, "lost the active role");
+        self.inst.set_role(role, None, valid_until_ns);
         let _ = self.inst.hook("on_standby").await;
-        Ended::Lost
     }
 
     /// Graceful hand-over: demote locally first (hooks run), then delete the
     /// key with our revision so successors see it at once.
     async fn step_down(&self, held: &HeldLease) {
-        self.inst.ctx.set_validity(None);
         let role = if *self.shutdown.borrow() {
             Role::Stopped
         } else {
             Role::Standby
         };
-        self.inst.set_role(role, None, None);
-        let _ = self.inst.hook("on_standby").await;
+        self.demote(held, role).await;
         if let Err(e) = held.release().await {
             tracing::warn!(error = %e, "could not delete the election key; it will expire");
         }

@@ -942,6 +942,28 @@ mod tests {
         Path::new(&format!("/proc/{pid}")).exists()
     }
 
+    /// Polls the process state letter in `/proc/PID/stat` (signals are
+    /// delivered asynchronously) until `ok` accepts it, for up to 5 s.
+    async fn wait_for_state(pid: u32, ok: impl Fn(char) -> bool) {
+        let deadline = StdInstant::now() + Duration::from_secs(5);
+        loop {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+                .expect("state");
+            if ok(state) {
+                return;
+            }
+            assert!(
+                StdInstant::now() < deadline,
+                "pid {pid} stuck in state {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn kv_bucket(
         urls: impl async_nats::ToServerAddrs,
         bucket: &str,
@@ -1018,17 +1040,10 @@ mod tests {
         })
         .await
         .expect("start");
-        let state = |pid: u32| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-            // Field 3, after the parenthesised command name.
-            stat.rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next())
-                .expect("state")
-        };
         server.pause().expect("pause");
-        assert_eq!(state(server.pid()), 'T');
+        wait_for_state(server.pid(), |s| s == 'T').await;
         server.resume().expect("resume");
-        assert_ne!(state(server.pid()), 'T');
+        wait_for_state(server.pid(), |s| s != 'T').await;
         server.pause().expect("pause again");
         server.kill();
         server.kill(); // idempotent
@@ -1091,13 +1106,16 @@ mod tests {
             .position(|s| s.name() == Some(leader.as_str()))
             .expect("leader is ours");
         let survivor = (victim + 1) % 3;
+        let writer = kv_store(cluster.client_urls(), "replicated")
+            .await
+            .expect("writer");
         let victim_pid = cluster.server(victim).pid();
         cluster.server(victim).kill();
         assert!(!pid_alive(victim_pid));
 
         let t = StdInstant::now();
         eventually("put with the stream leader down", || {
-            kv.put("during", "2".into())
+            writer.put("during", "2".into())
         })
         .await;
         eprintln!("put after killing the stream leader took {:?}", t.elapsed());
@@ -1125,7 +1143,7 @@ mod tests {
         }
     }
 
-    /// Retries `op` until it succeeds or 30 s pass. A JetStream stream needs
+    /// Retries `op` until it succeeds or 60 s pass. A JetStream stream needs
     /// a leader election (several seconds in nats-server) after its leader
     /// dies or the whole cluster restarts; requests time out meanwhile.
     async fn eventually<T, E, F, Fut>(what: &str, mut op: F) -> T
@@ -1134,7 +1152,7 @@ mod tests {
         Fut: std::future::Future<Output = Result<T, E>>,
         E: std::fmt::Debug,
     {
-        let deadline = StdInstant::now() + Duration::from_secs(30);
+        let deadline = StdInstant::now() + Duration::from_secs(60);
         loop {
             match op().await {
                 Ok(v) => return v,
@@ -1186,9 +1204,19 @@ mod tests {
         assert!(msg.contains("nats-server.log"), "{msg}");
     }
 
-    async fn kv_store(url: &str, bucket: &str) -> Result<kv::Store, Box<dyn std::error::Error>> {
-        let client = async_nats::connect(url).await?;
-        Ok(jetstream::new(client).get_key_value(bucket).await?)
+    /// Opens `bucket` through `urls`. Short timeouts keep [`eventually`]
+    /// retrying promptly while a stream has no leader.
+    async fn kv_store(
+        urls: impl async_nats::ToServerAddrs,
+        bucket: &str,
+    ) -> Result<kv::Store, Box<dyn std::error::Error>> {
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(Duration::from_secs(1)))
+            .connect(urls)
+            .await?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(Duration::from_secs(1));
+        Ok(js.get_key_value(bucket).await?)
     }
 
     #[tokio::test]

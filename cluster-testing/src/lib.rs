@@ -7,5 +7,6 @@
 
 pub mod invariants;
 pub mod node;
+pub mod process;
 
 pub use cluster_runtime::nats_server::{NatsCluster, NatsServer, ServerOptions};

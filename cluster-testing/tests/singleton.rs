@@ -1,0 +1,193 @@
+//! Singleton failover with node processes on real nats-server: SIGKILL,
+//! SIGTERM, SIGSTOP past the TTL, NATS restarts. Every test ends with the
+//! invariant checker over all recorded role changes and active ticks.
+
+use std::time::Duration;
+
+use cluster_runtime::app::Role;
+use cluster_testing::node::{NodeEvent, NodeSpec, Nodes};
+use cluster_testing::{NatsCluster, NatsServer, ServerOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cluster-test-node");
+const APP: &str = "counter";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn specs(nats: &str, ids: &[&str]) -> Vec<NodeSpec> {
+    ids.iter().map(|id| NodeSpec::new(BIN, id, nats)).collect()
+}
+
+fn epoch_of(nodes: &Nodes, id: &str) -> Option<u64> {
+    let node = nodes.nodes.iter().find(|n| n.id() == id)?;
+    node.current_events().iter().rev().find_map(|e| match e {
+        NodeEvent::Role(r) if r.app == APP && r.role == Role::Active => r.epoch,
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_active_fails_over_with_greater_epoch() {
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let mut nodes = Nodes::start(specs(&server.url(), &["n1", "n2", "n3"]))
+        .await
+        .expect("nodes");
+    let first = nodes
+        .wait_for_active(APP, WAIT)
+        .await
+        .expect("first active");
+    nodes
+        .wait_until(WAIT, || {
+            (nodes.with_role(APP, Role::Standby).len() == 2).then_some(())
+        })
+        .await
+        .expect("standbys");
+    let epoch1 = epoch_of(&nodes, &first).expect("epoch");
+
+    nodes.get(&first).expect("node").kill();
+    let second = nodes.wait_for_active(APP, WAIT).await.expect("new active");
+    assert_ne!(first, second);
+    let epoch2 = epoch_of(&nodes, &second).expect("epoch");
+    assert!(epoch2 > epoch1, "epoch must grow: {epoch1} -> {epoch2}");
+    nodes.history().check(APP).expect("invariants");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_over_and_exits_cleanly() {
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let mut nodes = Nodes::start(specs(&server.url(), &["n1", "n2", "n3"]))
+        .await
+        .expect("nodes");
+    let first = nodes
+        .wait_for_active(APP, WAIT)
+        .await
+        .expect("first active");
+    nodes
+        .wait_until(WAIT, || {
+            (nodes.with_role(APP, Role::Standby).len() == 2).then_some(())
+        })
+        .await
+        .expect("standbys");
+
+    let node = nodes.get(&first).expect("node");
+    node.terminate().expect("SIGTERM");
+    let status = node.wait_exit(WAIT).await.expect("exited");
+    assert!(status.success(), "graceful exit, got {status:?}");
+    assert!(node.current_events().contains(&NodeEvent::Exited));
+    let second = nodes.wait_for_active(APP, WAIT).await.expect("new active");
+    assert_ne!(first, second);
+    nodes.history().check(APP).expect("invariants");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_past_ttl_demotes_before_the_new_active_and_rejoins_as_standby() {
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let mut nodes = Nodes::start(specs(&server.url(), &["n1", "n2", "n3"]))
+        .await
+        .expect("nodes");
+    let first = nodes
+        .wait_for_active(APP, WAIT)
+        .await
+        .expect("first active");
+
+    nodes.get(&first).expect("node").pause().expect("SIGSTOP");
+    // The paused process still *reports* active (it cannot speak); wait
+    // until another node has taken over, well past the 1 s TTL.
+    let second = nodes
+        .wait_until(WAIT, || {
+            nodes
+                .with_role(APP, Role::Active)
+                .into_iter()
+                .find(|n| *n != first)
+        })
+        .await
+        .expect("another node took over");
+    nodes.get(&first).expect("node").resume().expect("SIGCONT");
+    nodes
+        .wait_until(WAIT, || {
+            (nodes.nodes.iter().find(|n| n.id() == first)?.role(APP) == Some(Role::Standby))
+                .then_some(())
+        })
+        .await
+        .expect("old active rejoined as standby");
+    assert_eq!(
+        nodes.wait_for_active(APP, WAIT).await.expect("one active"),
+        second
+    );
+    // The checker proves the paused node's validity ended (at its deadline)
+    // before the new active started, and that it did no work after it.
+    let history = nodes.history();
+    history.check(APP).expect("invariants");
+    let demotion = history
+        .roles
+        .iter()
+        .find(|r| r.node == first && r.role == Role::Standby && r.valid_until_ns.is_some())
+        .expect("the paused node recorded a late demotion with its deadline");
+    let takeover = history
+        .intervals(APP)
+        .into_iter()
+        .find(|i| i.node == second)
+        .expect("interval");
+    assert!(demotion.valid_until_ns.expect("deadline") < takeover.start);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_restart_recovers_with_one_active() {
+    let mut server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let nodes = Nodes::start(specs(&server.url(), &["n1", "n2", "n3"]))
+        .await
+        .expect("nodes");
+    nodes
+        .wait_for_active(APP, WAIT)
+        .await
+        .expect("first active");
+
+    server.kill();
+    // With NATS gone the active cannot renew: it must demote by itself.
+    nodes
+        .wait_until(WAIT, || (nodes.active_count(APP) == 0).then_some(()))
+        .await
+        .expect("the active demoted itself without NATS");
+    server.restart().await.expect("restart nats");
+    nodes
+        .wait_for_active(APP, WAIT)
+        .await
+        .expect("one active after restart");
+    // Stays exactly one for a while (no flapping into two).
+    for _ in 0..20 {
+        assert!(nodes.active_count(APP) <= 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes.history().check(APP).expect("invariants");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_server_of_a_three_node_nats_cluster_keeps_one_active() {
+    let mut cluster = NatsCluster::start(3).await.expect("nats cluster");
+    let nodes = Nodes::start(specs(&cluster.urls(), &["n1", "n2", "n3"]))
+        .await
+        .expect("nodes");
+    nodes
+        .wait_for_active(APP, WAIT)
+        .await
+        .expect("first active");
+
+    cluster.server(0).kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nodes
+        .wait_for_active(APP, WAIT)
+        .await
+        .expect("one active with a server down");
+    cluster.server(0).restart().await.expect("restart server 0");
+    nodes
+        .wait_for_active(APP, WAIT)
+        .await
+        .expect("one active after the server is back");
+    nodes.history().check(APP).expect("invariants");
+}
