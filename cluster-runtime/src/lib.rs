@@ -4,5 +4,6 @@
 //! → services (`rpc`) → primitives (`lease`, `membership`) → `transport` /
 //! `naming`. See `docs/` for the user guide and the NATS design.
 
+pub mod clock;
 pub mod naming;
 pub mod nats_server;
