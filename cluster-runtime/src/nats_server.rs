@@ -1106,13 +1106,16 @@ mod tests {
             .position(|s| s.name() == Some(leader.as_str()))
             .expect("leader is ours");
         let survivor = (victim + 1) % 3;
+        let writer = kv_store(cluster.client_urls(), "replicated")
+            .await
+            .expect("writer");
         let victim_pid = cluster.server(victim).pid();
         cluster.server(victim).kill();
         assert!(!pid_alive(victim_pid));
 
         let t = StdInstant::now();
         eventually("put with the stream leader down", || {
-            kv.put("during", "2".into())
+            writer.put("during", "2".into())
         })
         .await;
         eprintln!("put after killing the stream leader took {:?}", t.elapsed());
@@ -1201,9 +1204,19 @@ mod tests {
         assert!(msg.contains("nats-server.log"), "{msg}");
     }
 
-    async fn kv_store(url: &str, bucket: &str) -> Result<kv::Store, Box<dyn std::error::Error>> {
-        let client = async_nats::connect(url).await?;
-        Ok(jetstream::new(client).get_key_value(bucket).await?)
+    /// Opens `bucket` through `urls`. Short timeouts keep [`eventually`]
+    /// retrying promptly while a stream has no leader.
+    async fn kv_store(
+        urls: impl async_nats::ToServerAddrs,
+        bucket: &str,
+    ) -> Result<kv::Store, Box<dyn std::error::Error>> {
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(Duration::from_secs(1)))
+            .connect(urls)
+            .await?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(Duration::from_secs(1));
+        Ok(js.get_key_value(bucket).await?)
     }
 
     #[tokio::test]
