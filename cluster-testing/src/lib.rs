@@ -1,1 +1,3 @@
 //! Test harness for `cluster` apps.
+
+pub mod process;
