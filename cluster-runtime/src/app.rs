@@ -189,6 +189,7 @@ impl App {
             lease_timing: None,
             hook_timeout: Duration::from_secs(30),
             hooks: Hooks::default(),
+            ops: OpsOptions::default(),
         }
     }
 
@@ -218,6 +219,17 @@ pub struct AppBuilder {
     lease_timing: Option<LeaseTiming>,
     hook_timeout: Duration,
     hooks: Hooks,
+    ops: OpsOptions,
+}
+
+/// Data and ops options whose runtime parts arrive with later issues. They
+/// are accepted (so the macros can pass them through) and refused by
+/// [`AppBuilder::build`] with a message saying what is not there yet.
+#[derive(Debug, Clone, Default)]
+struct OpsOptions {
+    sqlite: Option<String>,
+    vip: Option<String>,
+    backend: Option<String>,
 }
 
 impl fmt::Debug for AppBuilder {
@@ -259,6 +271,27 @@ impl AppBuilder {
     /// Sets all three lease timings explicitly.
     pub fn lease_timing(mut self, timing: LeaseTiming) -> Self {
         self.lease_timing = Some(timing);
+        self
+    }
+
+    /// A replicated SQLite database at `path` (singletons only). Not
+    /// supported by this runtime yet: `build` refuses it.
+    pub fn sqlite(mut self, path: impl Into<String>) -> Self {
+        self.ops.sqlite = Some(path.into());
+        self
+    }
+
+    /// A virtual IP, `"CIDR dev IFACE"` (singletons only). Not supported by
+    /// this runtime yet: `build` refuses it.
+    pub fn vip(mut self, spec: impl Into<String>) -> Self {
+        self.ops.vip = Some(spec.into());
+        self
+    }
+
+    /// A managed backend, `systemd:UNIT`, `process:CMD ...` or
+    /// `docker:IMAGE`. Not supported by this runtime yet: `build` refuses it.
+    pub fn backend(mut self, spec: impl Into<String>) -> Self {
+        self.ops.backend = Some(spec.into());
         self
     }
 
@@ -349,6 +382,25 @@ impl AppBuilder {
         if !unsupported.is_empty() {
             return Err(Error::config(format!(
                 "app `{}` placement: {unsupported:?} are not supported by this runtime yet (only label=, avoid-label= and node= are); see docs/placement.md",
+                self.name
+            )));
+        }
+        for (option, value, singleton_only) in [
+            ("sqlite", &self.ops.sqlite, true),
+            ("vip", &self.ops.vip, true),
+            ("backend", &self.ops.backend, false),
+        ] {
+            if value.is_none() {
+                continue;
+            }
+            if singleton_only && self.mode != Mode::Singleton {
+                return Err(Error::config(format!(
+                    "app `{}`: `{option}` needs mode singleton (this app is {})",
+                    self.name, self.mode
+                )));
+            }
+            return Err(Error::config(format!(
+                "app `{}`: `{option}` is not supported by this runtime yet (it arrives with its issue)",
                 self.name
             )));
         }
