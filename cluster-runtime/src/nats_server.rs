@@ -667,9 +667,10 @@ fn read_tail(path: &Path, offset: u64, lines: usize) -> io::Result<String> {
     Ok(all[all.len().saturating_sub(lines)..].join("\n"))
 }
 
-/// A minimal `GET` against the loopback monitoring port: returns the status
-/// code and body.
-async fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
+/// A minimal HTTP/1.0 `GET` of `path` on `127.0.0.1:port`: returns the status
+/// code and body. Used to probe nats-server's monitoring port, and by tests
+/// to read a node's `/status` without an HTTP client dependency.
+pub async fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
     let request = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream

@@ -195,6 +195,6 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert!(h.check("a").unwrap_err().contains("epochs"));
+        assert!(h.check("a").expect_err("regression").contains("epochs"));
     }
 }

@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
                         // turns false on time even if this node is cut off.
                         while ctx.is_active() {
                             let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                            if n % 5 == 0 {
+                            if n.is_multiple_of(5) {
                                 println!("{}: count = {n}", ctx.node());
                             }
                             tokio::time::sleep(Duration::from_secs(1)).await;
