@@ -96,6 +96,11 @@ impl Election {
                     match state {
                         KeyState::Held { seq, value } => {
                             let (holder, epoch) = LeaderRecord::decode(seq, &value).unzip();
+                            if holder.as_deref().is_some_and(|h| h != self.inst.node()) {
+                                // Someone else took over: a hold-off after our
+                                // step-down has done its job.
+                                holdoff_until = Instant::now();
+                            }
                             self.inst.observe_leader(holder.clone(), epoch).await;
                             // Held by someone — possibly our own previous
                             // incarnation after a restart: it expires, then

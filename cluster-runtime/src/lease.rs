@@ -497,25 +497,22 @@ async fn renew_loop(
         let sent = Instant::now();
         let value = value_rx.borrow_and_update().clone();
         let expected = revision.load(Ordering::SeqCst);
-        tokio::select! {
-            biased;
-            _ = &mut stop_rx => {
-                lost_tx.send_replace(Some(LostReason::Released));
-                return;
+        // A renew in flight is always seen through (bounded by the
+        // deadline), even when a release is requested meanwhile: abandoning
+        // it could leave a newer revision on the server than the one the
+        // release deletes with, and the delete would then miss.
+        match key.conditional_publish(value, expected, deadline).await {
+            Publish::Acked(seq) => {
+                revision.store(seq, Ordering::SeqCst);
+                // Validity is measured from when this renew was *sent*.
+                validity.extend(sent + timing.deadline);
+                next = sent + timing.renew;
             }
-            result = key.conditional_publish(value, expected, deadline) => match result {
-                Publish::Acked(seq) => {
-                    revision.store(seq, Ordering::SeqCst);
-                    // Validity is measured from when this renew was *sent*.
-                    validity.extend(sent + timing.deadline);
-                    next = sent + timing.renew;
-                }
-                Publish::Conflict => return lose(LostReason::Conflict),
-                Publish::Failed(e) => {
-                    tracing::debug!(key = %key.key, error = %e, "lease renew failed; retrying");
-                    next = Instant::now() + (timing.renew / 5).max(Duration::from_millis(20));
-                }
-            },
+            Publish::Conflict => return lose(LostReason::Conflict),
+            Publish::Failed(e) => {
+                tracing::debug!(key = %key.key, error = %e, "lease renew failed; retrying");
+                next = Instant::now() + (timing.renew / 5).max(Duration::from_millis(20));
+            }
         }
     }
 }
