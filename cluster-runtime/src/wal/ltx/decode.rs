@@ -273,13 +273,16 @@ fn lz4_frame_len(buf: &[u8]) -> Result<usize, String> {
             "unsupported LZ4 frame descriptor {flg:#04x} {bd:#04x}"
         ));
     }
-    let max_block = match (bd >> 4) & 0b111 {
-        4 => 64 << 10,
-        5 => 256 << 10,
-        6 => 1 << 20,
-        7 => 4 << 20,
-        other => return Err(format!("invalid LZ4 block size code {other}")),
-    };
+    // Litestream's frame writer always used 64 KiB blocks (BD 0x40). Larger
+    // ones are refused so a tiny hostile frame cannot make the LZ4 decoder
+    // allocate megabytes.
+    let max_block = 64 << 10;
+    if (bd >> 4) & 0b111 != 4 {
+        return Err(format!(
+            "LZ4 frame block size code {} (Litestream writes 4 = 64 KiB)",
+            (bd >> 4) & 0b111
+        ));
+    }
     let block_checksums = flg & 0x10 != 0;
     let mut pos = 6 + if flg & 0x08 != 0 { 8 } else { 0 } + if flg & 0x01 != 0 { 4 } else { 0 } + 1;
     loop {

@@ -10,7 +10,9 @@
 //!   and, for files from 0.5.4–0.5.15, one LZ4 *frame* per page), checks the
 //!   CRC-64/ISO file checksum and the page index, and returns an error — never
 //!   panics — on corrupt, truncated or padded input. It trusts no count in
-//!   the file: it allocates one page buffer per page frame actually present.
+//!   the file: it allocates one page buffer per page frame actually present
+//!   and decompressed, so memory stays within LZ4's maximum ratio (about
+//!   255x) of the input plus one page.
 //!
 //! # Layout
 //!

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::format::CRC64;
+use super::format::{self, CRC64};
 use super::*;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -467,6 +467,75 @@ fn legacy_frame_corruption_is_refused_or_harmless() {
     for len in 0..bytes.len() {
         assert!(decode(&bytes[..len]).is_err());
     }
+}
+
+/// Writes a file in the 0.5.4–0.5.15 layout (flags 0 + one LZ4 frame per
+/// page) with the given frame options, computing the checksum by the rules.
+fn legacy_file(h: &Header, pages: &[(u32, Vec<u8>)], info: &lz4_flex::frame::FrameInfo) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = h.to_bytes().to_vec();
+    let mut crc = CRC64.digest();
+    crc.update(&out);
+    let mut index = Vec::new();
+    for (pgno, data) in pages {
+        let at = out.len();
+        let mut head = pgno.to_be_bytes().to_vec();
+        head.extend([0, 0]);
+        crc.update(&head);
+        crc.update(data);
+        out.extend(&head);
+        let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info.clone(), Vec::new());
+        enc.write_all(data).unwrap();
+        out.extend(enc.finish().unwrap());
+        index.push((*pgno, at, out.len() - at));
+    }
+    let tail = out.len();
+    out.extend([0u8; 6]);
+    let index_at = out.len();
+    for (pgno, at, len) in index {
+        for v in [u64::from(pgno), at as u64, len as u64] {
+            format::put_uvarint(&mut out, v);
+        }
+    }
+    format::put_uvarint(&mut out, 0);
+    let index_len = (out.len() - index_at) as u64;
+    out.extend(index_len.to_be_bytes());
+    out.extend(0u64.to_be_bytes());
+    crc.update(&out[tail..]);
+    out.extend((CHECKSUM_FLAG | crc.finalize()).to_be_bytes());
+    out
+}
+
+#[test]
+fn legacy_frames_with_optional_fields_decode() {
+    use lz4_flex::frame::{BlockMode, BlockSize, FrameInfo};
+    let pages: Vec<(u32, Vec<u8>)> = [1u32, 2, 3]
+        .iter()
+        .map(|&p| (p, varied_page(65536, p)))
+        .collect();
+    let h = header(65536, 3, 1, 2);
+    let plain = FrameInfo::new().block_size(BlockSize::Max64KB);
+    let options = [
+        plain.clone(),
+        plain.clone().content_checksum(true),
+        plain
+            .clone()
+            .block_checksums(true)
+            .content_size(Some(65536)),
+        plain
+            .clone()
+            .block_mode(BlockMode::Linked)
+            .content_checksum(true),
+    ];
+    for info in &options {
+        let bytes = legacy_file(&h, &pages, info);
+        let file = decode(&bytes).unwrap_or_else(|e| panic!("{info:?}: {e}"));
+        let got: Vec<(u32, Vec<u8>)> = file.pages.into_iter().map(|p| (p.pgno, p.data)).collect();
+        assert_eq!(got, pages, "{info:?}");
+    }
+    // Larger LZ4 blocks than Litestream ever wrote are refused (bounded allocation).
+    let big = legacy_file(&h, &pages, &FrameInfo::new().block_size(BlockSize::Max4MB));
+    assert!(matches!(decode(&big), Err(LtxError::InvalidPage { .. })));
 }
 
 // ---------------------------------------------------------------------------
