@@ -148,21 +148,25 @@ fn create_db(path: &Path) -> rusqlite::Result<Connection> {
 
 /// Sends SIGTERM to Litestream on drop and waits for it, so a failing test
 /// never leaves it running.
-struct Replicating(Child);
+struct Replicating(Option<Child>);
 
 impl Replicating {
+    /// Stops Litestream once; later calls do nothing (its pid may be reused).
     fn stop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -228,7 +232,7 @@ fn we_read_what_litestream_0_5_17_replicates() -> TestResult {
         ),
     )?;
     let log = std::fs::File::create(dir.path().join("litestream.log"))?;
-    let mut litestream = Replicating(
+    let mut litestream = Replicating(Some(
         Command::new(&bin)
             .arg("replicate")
             .arg("-config")
@@ -237,7 +241,7 @@ fn we_read_what_litestream_0_5_17_replicates() -> TestResult {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?,
-    );
+    ));
     std::thread::sleep(Duration::from_millis(1500));
     for step in 0..16 {
         workload_step(&conn, step)?;
