@@ -22,6 +22,7 @@ pub mod placement;
 pub mod platform;
 pub mod pool;
 pub mod transport;
+pub mod wal;
 
 pub use app::{App, AppContext, Mode, Role};
 pub use config::{Config, ConfigArgs};

@@ -1,0 +1,13 @@
+//! SQLite replication: the write-ahead stream an app's database is shipped as.
+//!
+//! A primary turns each SQLite commit into an immutable LTX file numbered by
+//! transaction ID; replicas and restores apply those files in TXID order.
+//! The files are byte-compatible with Litestream 0.5.x, so stock
+//! `litestream restore` can read what we write and we can read what it
+//! writes (see `docs/replication-format.md`).
+//!
+//! - [`ltx`]: the LTX v3 file codec (encode, decode, file names) and the two
+//!   database-file helpers everything else builds on: a full-image snapshot
+//!   of a database file and applying a decoded file onto one.
+
+pub mod ltx;
