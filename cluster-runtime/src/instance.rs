@@ -56,8 +56,9 @@ impl Instance {
             let changed = s.role != role || (role == Role::Active && s.epoch != epoch);
             s.role = role;
             if role == Role::Active {
+                // The leader itself is recorded by `observe_leader`, which
+                // also fires `on_leader_change`.
                 s.epoch = epoch;
-                s.leader = Some(self.ctx.node().to_owned());
             }
             changed
         });

@@ -115,3 +115,128 @@ async fn three_contenders_one_active_then_stepdown_hands_over() {
     history.check("counter").expect("invariants");
     assert!(history.intervals("counter").len() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_on_active_gives_up_the_lease_and_another_node_takes_over() {
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let failing = App::builder("counter")
+        .lease_ttl(Duration::from_secs(1))
+        .on_active(|_ctx| async move { Err("cannot restore state".into()) })
+        .build()
+        .expect("app");
+    let bad = start(&server.url(), "bad", failing, log.clone()).await;
+    // Alone, the failing node keeps trying (with backoff) but never stays active.
+    wait_until("a failed activation", Duration::from_secs(10), || {
+        let l = log.lock().expect("log");
+        l.iter().any(|e| e.node == "bad" && e.role == Role::Active)
+            && l.iter().any(|e| e.node == "bad" && e.role == Role::Standby)
+    })
+    .await;
+    let good = start(&server.url(), "good", singleton(), log.clone()).await;
+    wait_until("the healthy node active", Duration::from_secs(15), || {
+        good.app("counter").expect("app").is_active()
+    })
+    .await;
+    // And it stays there: the failing node backs off instead of flapping.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(good.app("counter").expect("app").is_active());
+    assert!(!bad.app("counter").expect("app").is_active());
+    bad.shutdown().await;
+    good.shutdown().await;
+    let history = History {
+        roles: log.lock().expect("log").clone(),
+        ..Default::default()
+    };
+    history.check("counter").expect("invariants");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_change_hook_fires_everywhere_and_health_endpoints_answer() {
+    use cluster_runtime::nats_server::http_get;
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let mut nodes = Vec::new();
+    for n in ["h1", "h2"] {
+        let seen = seen.clone();
+        let app = App::builder("counter")
+            .lease_ttl(Duration::from_secs(1))
+            .on_leader_change(move |ctx, leader| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .expect("seen")
+                        .push((ctx.node().to_owned(), leader));
+                    Ok(())
+                }
+            })
+            .build()
+            .expect("app");
+        let mut c = config(&server.url(), n);
+        c.health_addr = Some("127.0.0.1:0".parse().expect("addr"));
+        nodes.push(
+            Platform::builder()
+                .config(c)
+                .app(app)
+                .start()
+                .await
+                .expect("start"),
+        );
+    }
+    wait_until("an active node", Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .any(|p| p.app("counter").expect("app").is_active())
+    })
+    .await;
+    let leader = nodes
+        .iter()
+        .find(|p| p.app("counter").expect("app").is_active())
+        .expect("leader")
+        .node()
+        .to_owned();
+    wait_until(
+        "both nodes told of the leader",
+        Duration::from_secs(10),
+        || {
+            let s = seen.lock().expect("seen");
+            ["h1", "h2"].iter().all(|n| {
+                s.iter()
+                    .any(|(at, l)| at == n && l.as_deref() == Some(leader.as_str()))
+            })
+        },
+    )
+    .await;
+    for p in &nodes {
+        let port = p.health_addr().expect("addr").port();
+        let (code, body) = http_get(port, "/health").await.expect("health");
+        assert_eq!((code, body.as_str()), (200, r#"{"status":"ok"}"#));
+        let mut ready = (0, String::new());
+        for _ in 0..100 {
+            ready = http_get(port, "/ready").await.expect("ready");
+            if ready.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(ready.0, 200, "{}", ready.1);
+    }
+    // NATS gone: not ready any more (but still alive).
+    let port = nodes[0].health_addr().expect("addr").port();
+    drop(server);
+    let mut code = 200;
+    for _ in 0..100 {
+        code = http_get(port, "/ready").await.expect("ready").0;
+        if code == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code, 503, "not ready without NATS");
+    assert_eq!(http_get(port, "/health").await.expect("health").0, 200);
+}
