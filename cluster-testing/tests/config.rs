@@ -47,6 +47,28 @@ async fn bad_settings_are_refused_with_one_message_and_nothing_starts() {
         (&["--app", "nodes"], "reserved"),
         (&["--app", "my.app"], "invalid"),
         (&["--lease-ttl", "0"], "lease_ttl"),
+        (
+            &[
+                "--lease-ttl",
+                "2",
+                "--lease-renew-ms",
+                "500",
+                "--lease-deadline-ms",
+                "2000",
+            ],
+            "shorter than lease_ttl",
+        ),
+        (
+            &[
+                "--lease-ttl",
+                "3",
+                "--lease-renew-ms",
+                "1000",
+                "--lease-deadline-ms",
+                "1100",
+            ],
+            "1.2",
+        ),
         (&["--mode", "ring(100)"], "power of two"),
         (&["--placement", "zone=a"], "placement"),
         (&["--label", "a b"], "--label"),

@@ -29,6 +29,12 @@ struct Args {
     /// Lease TTL of the app and of the node record, in whole seconds.
     #[arg(long, default_value_t = 3)]
     lease_ttl: u64,
+    /// Override the renew interval (ms); with --lease-deadline-ms.
+    #[arg(long, requires = "lease_deadline_ms")]
+    lease_renew_ms: Option<u64>,
+    /// Override the self-demotion deadline (ms); with --lease-renew-ms.
+    #[arg(long, requires = "lease_renew_ms")]
+    lease_deadline_ms: Option<u64>,
     /// While active, emit a tick every this many ms (0 = never).
     #[arg(long, default_value_t = 0)]
     tick_ms: u64,
@@ -80,10 +86,18 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
         .map_err(|e| cluster_runtime::Error::config(format!("--mode: {e}")))?;
     let ttl = Duration::from_secs(args.lease_ttl);
     let tick = Duration::from_millis(args.tick_ms);
+    let timing = match (args.lease_renew_ms, args.lease_deadline_ms) {
+        (Some(renew), Some(deadline)) => LeaseTiming::new(
+            ttl,
+            Duration::from_millis(renew),
+            Duration::from_millis(deadline),
+        )?,
+        _ => LeaseTiming::from_ttl(ttl)?,
+    };
     let app = App::builder(args.app.clone())
         .mode(mode)
         .placement(args.placement.clone())
-        .lease_ttl(ttl)
+        .lease_timing(timing)
         .on_active(move |ctx| async move {
             emit(&NodeEvent::Hook {
                 hook: "on_active".into(),
@@ -142,7 +156,7 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
         .build()?;
     let platform = Platform::builder()
         .config(config)
-        .node_lease(LeaseTiming::from_ttl(ttl)?)
+        .node_lease(timing)
         .app(app)
         .on_role_change(|e| emit(&NodeEvent::Role(e.clone())))
         .start()
