@@ -6,3 +6,4 @@
 
 pub mod naming;
 pub mod nats_server;
+pub mod rpc;
