@@ -4,6 +4,7 @@
 //! → services (`rpc`) → primitives (`lease`, `membership`) → `transport` /
 //! `naming`. See `docs/` for the user guide and the NATS design.
 
+pub mod events;
 pub mod naming;
 pub mod nats_server;
 pub mod rpc;
