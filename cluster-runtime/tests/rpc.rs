@@ -34,6 +34,7 @@ struct Ctx {
     rpc: RpcClient,
     running: Arc<AtomicUsize>,
     max_running: Arc<AtomicUsize>,
+    counted: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +96,9 @@ fn handlers() -> Handlers<Ctx> {
             ctx.running.fetch_sub(1, Ordering::SeqCst);
             Ok::<_, HandlerError>(())
         })
+        .handle("count", |ctx: Ctx, (): ()| async move {
+            Ok::<_, HandlerError>(ctx.counted.fetch_add(1, Ordering::SeqCst) + 1)
+        })
         .handle_raw("echo_raw", |_ctx: Ctx, req| async move { Ok(req.payload) })
 }
 
@@ -118,6 +122,7 @@ async fn server_ctx(
         rpc,
         running: Arc::default(),
         max_running: Arc::default(),
+        counted: Arc::default(),
     };
     let server = RpcServer::with_options(nats, names(), app, node, handlers(), ctx.clone(), opts)
         .expect("server");
@@ -630,6 +635,56 @@ async fn dropping_the_server_stops_serving() {
 }
 
 #[tokio::test]
+async fn drain_is_bounded_and_aborts_late_calls() {
+    let nats = support::start_server();
+    let n1 = server_with(
+        &nats.url(),
+        APP,
+        "n1",
+        ServerOptions::default().drain_timeout(Duration::from_millis(100)),
+    )
+    .await;
+    n1.serve_api(ApiMode::Exclusive).await.expect("serve");
+    let rpc = caller(&nats.url()).await;
+    let slow = tokio::spawn({
+        let rpc = rpc.clone();
+        async move {
+            rpc.app(APP)
+                .method("sleep")
+                .deadline(Duration::from_secs(1))
+                .send::<_, u64>(&5_000u64)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    n1.stop_api().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    let err = slow.await.expect("join").expect_err("aborted");
+    assert_eq!(err.code(), ErrorCode::Timeout, "{err}");
+}
+
+#[tokio::test]
+async fn a_dropped_call_is_abandoned() {
+    let nats = support::start_server();
+    let rpc = caller(&nats.url()).await;
+    // Retrying against nobody; the caller gives up after 100 ms.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        rpc.app(APP).method("count").send::<_, usize>(&()),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    let (n1, ctx) = server_ctx(&nats.url(), APP, "n1", ServerOptions::default()).await;
+    n1.serve_api(ApiMode::Exclusive).await.expect("serve");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ctx.counted.load(Ordering::SeqCst), 0, "no retry after drop");
+    let n: usize = rpc.app(APP).method("count").send(&()).await.expect("call");
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
 async fn in_flight_calls_are_bounded() {
     let nats = support::start_server();
     let (n1, ctx) = server_ctx(
@@ -817,6 +872,30 @@ async fn micro_protocol_lists_the_app() {
             .payload,
     )
     .expect("json");
+    // The answers parse as async-nats's own micro types (the reference
+    // schema that `nats micro` reads).
+    let raw_info = raw
+        .request(format!("$SRV.INFO.{APP}"), Bytes::new())
+        .await
+        .expect("info");
+    let typed: async_nats::service::Info =
+        serde_json::from_slice(&raw_info.payload).expect("micro info schema");
+    assert_eq!(typed.name, APP);
+    let raw_stats = raw
+        .request(format!("$SRV.STATS.{APP}"), Bytes::new())
+        .await
+        .expect("stats");
+    let typed: async_nats::service::Stats =
+        serde_json::from_slice(&raw_stats.payload).expect("micro stats schema");
+    assert_eq!(typed.id, n1.micro_id());
+    let raw_ping = raw
+        .request(format!("$SRV.PING.{APP}"), Bytes::new())
+        .await
+        .expect("ping");
+    let typed: async_nats::service::PingResponse =
+        serde_json::from_slice(&raw_ping.payload).expect("micro ping schema");
+    assert_eq!(typed.version, env!("CARGO_PKG_VERSION"));
+
     let by_name = |n: &str| {
         stats["endpoints"]
             .as_array()

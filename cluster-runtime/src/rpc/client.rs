@@ -547,7 +547,7 @@ impl Call {
         // Round up so a sub-millisecond remainder is not sent as "expired";
         // the caller enforces its own deadline anyway.
         let ms = remaining.as_micros().div_ceil(1000);
-        h.insert(wire::name::TIMEOUT_MS, ms.to_string().as_str());
+        h.insert(wire::name::TIMEOUT_MS, ms.to_string());
         if let Some(trace) = &p.trace {
             h.insert(wire::name::TRACEPARENT, trace.as_str());
         }
@@ -561,7 +561,7 @@ impl Call {
             h.insert(wire::name::CALLER_PLATFORM, platform.as_str());
         }
         if let Some(token) = p.fencing {
-            h.insert(wire::name::FENCING_TOKEN, token.to_string().as_str());
+            h.insert(wire::name::FENCING_TOKEN, token.to_string());
         }
         if p.codec != Codec::Json {
             h.insert(wire::name::CONTENT_TYPE, p.codec.content_type());

@@ -948,7 +948,7 @@ async fn reply_error<C>(shared: &Shared<C>, msg: &Message, err: &HandlerError) {
     );
     headers.insert(
         wire::name::SERVICE_ERROR_CODE,
-        err.code().status().to_string().as_str(),
+        err.code().status().to_string(),
     );
     if let Err(e) = shared
         .client
