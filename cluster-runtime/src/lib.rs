@@ -11,6 +11,7 @@ pub mod config;
 mod dev;
 pub mod election;
 pub mod error;
+pub mod events;
 mod http;
 pub mod inspect;
 pub mod instance;
@@ -21,6 +22,7 @@ pub mod nats_server;
 pub mod placement;
 pub mod platform;
 pub mod pool;
+pub mod rpc;
 pub mod transport;
 pub mod wal;
 

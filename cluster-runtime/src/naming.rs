@@ -255,6 +255,42 @@ impl Names {
     pub fn queue_group(&self, app: &str) -> String {
         app.to_owned()
     }
+
+    /// Wildcard covering every app-internal event (the subjects of the app's
+    /// durable events stream).
+    pub fn app_events_wildcard(&self, app: &str) -> String {
+        format!("{}.{}.events.>", self.platform, app)
+    }
+
+    /// Wildcard covering every platform-wide event (the subjects of the
+    /// platform events stream).
+    pub fn platform_events_wildcard(&self) -> String {
+        format!("{}._.events.>", self.platform)
+    }
+
+    /// Durable consumer name of app `app`'s subscription `name` on the shared
+    /// platform events stream (prefixed so apps cannot collide).
+    pub fn platform_events_consumer(&self, app: &str, name: &str) -> String {
+        format!("{app}_{name}")
+    }
+
+    /// A subject nobody subscribes to, requested by an instance of `app` on
+    /// node `node` right after (un)subscribing: the server's no-responders
+    /// answer proves it has processed the SUB/UNSUB sent before it.
+    pub fn sync_subject(&self, app: &str, node: &str) -> String {
+        format!("{}.{}.sync.{}", self.platform, app, node)
+    }
+
+    /// The NATS micro protocol (`$SRV`) subjects one service instance answers
+    /// on: every verb for all services, for service `service`, and for
+    /// instance `id` of it. The verb token is a wildcard.
+    pub fn micro_subjects(&self, service: &str, id: &str) -> [String; 3] {
+        [
+            "$SRV.*".to_owned(),
+            format!("$SRV.*.{service}"),
+            format!("$SRV.*.{service}.{id}"),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +331,14 @@ mod tests {
             "prod._.audit.cache.started"
         );
         assert_eq!(n.control_subject("stepdown"), "prod._.control.stepdown");
+        assert_eq!(n.app_events_wildcard("cache"), "prod.cache.events.>");
+        assert_eq!(n.platform_events_wildcard(), "prod._.events.>");
+        assert_eq!(n.platform_events_consumer("cache", "audit"), "cache_audit");
+        assert_eq!(n.sync_subject("cache", "n1"), "prod.cache.sync.n1");
+        assert_eq!(
+            n.micro_subjects("cache", "ID"),
+            ["$SRV.*", "$SRV.*.cache", "$SRV.*.cache.ID"]
+        );
     }
 
     #[test]
