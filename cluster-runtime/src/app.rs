@@ -20,6 +20,7 @@ use crate::lease::{LeaseTiming, Validity};
 use crate::membership::NodeRecord;
 use crate::naming::{self, Names};
 use crate::placement::Placement;
+use crate::rpc::{AppRef, Handlers, RpcClient};
 
 /// How many instances of an app run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +152,7 @@ pub struct App {
     pub(crate) lease: LeaseTiming,
     pub(crate) hook_timeout: Duration,
     pub(crate) hooks: Hooks,
+    pub(crate) handlers: Handlers<AppContext>,
 }
 
 impl fmt::Debug for App {
@@ -160,6 +162,7 @@ impl fmt::Debug for App {
             .field("mode", &self.mode)
             .field("placement", &self.placement)
             .field("lease", &self.lease)
+            .field("handlers", &self.handlers)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +193,8 @@ impl App {
             hook_timeout: Duration::from_secs(30),
             hooks: Hooks::default(),
             ops: OpsOptions::default(),
+            handlers: Handlers::new(),
+            handler_errors: Vec::new(),
         }
     }
 
@@ -220,6 +225,8 @@ pub struct AppBuilder {
     hook_timeout: Duration,
     hooks: Hooks,
     ops: OpsOptions,
+    handlers: Handlers<AppContext>,
+    handler_errors: Vec<String>,
 }
 
 /// Data and ops options whose runtime parts arrive with later issues. They
@@ -271,6 +278,41 @@ impl AppBuilder {
     /// Sets all three lease timings explicitly.
     pub fn lease_timing(mut self, timing: LeaseTiming) -> Self {
         self.lease_timing = Some(timing);
+        self
+    }
+
+    /// Serves `method` (`[A-Za-z0-9_-]+`) on the app's API: a singleton's
+    /// active instance, any pool instance, and each instance directly. The
+    /// request is decoded with the caller's codec (JSON by default); a
+    /// payload that does not decode is answered with `bad_request`.
+    ///
+    /// ```
+    /// use cluster_runtime::app::App;
+    /// let app = App::builder("counter")
+    ///     .handle("incr", |ctx, by: u64| async move {
+    ///         Ok::<_, cluster_runtime::Error>(by + ctx.epoch().unwrap_or(0))
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn handle<Req, Resp, E, F, Fut>(mut self, method: &str, f: F) -> Self
+    where
+        F: Fn(AppContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Resp, E>> + Send + 'static,
+        Req: serde::de::DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        E: Into<crate::rpc::HandlerError> + 'static,
+    {
+        if !crate::rpc::handler::is_method_name(method) {
+            self.handler_errors.push(format!(
+                "method name `{method}` is invalid: use letters, digits, `_` and `-` only"
+            ));
+        } else if self.handlers.contains(method) {
+            self.handler_errors
+                .push(format!("method `{method}` is registered twice"));
+        } else {
+            self.handlers = self.handlers.handle(method, f);
+        }
         self
     }
 
@@ -376,6 +418,9 @@ impl AppBuilder {
     /// Validates and builds the app. Every problem names the setting.
     pub fn build(self) -> Result<App> {
         naming::validate_app(&self.name)?;
+        if let Some(e) = self.handler_errors.first() {
+            return Err(Error::config(format!("app `{}`: {e}", self.name)));
+        }
         let placement = Placement::parse(&self.placement)
             .map_err(|e| Error::config(format!("app `{}` placement: {e}", self.name)))?;
         let unsupported = placement.unsupported_terms();
@@ -429,6 +474,7 @@ impl AppBuilder {
             lease,
             hook_timeout: self.hook_timeout,
             hooks: self.hooks,
+            handlers: self.handlers,
         })
     }
 }
@@ -465,9 +511,28 @@ struct ContextInner {
     mode: Mode,
     transport: crate::transport::Transport,
     state: watch::Receiver<AppState>,
-    validity: Mutex<Option<Validity>>,
+    validity: Arc<Mutex<Option<Validity>>>,
     commands: mpsc::Sender<AppCommand>,
     labels: BTreeMap<String, String>,
+    rpc: RpcClient,
+    events: crate::events::Events,
+}
+
+/// The fencing token while `validity` holds: read at every outgoing call.
+fn current_token(
+    validity: &Mutex<Option<Validity>>,
+    state: &watch::Receiver<AppState>,
+) -> Option<u64> {
+    let valid = validity
+        .lock()
+        .ok()?
+        .as_ref()
+        .is_some_and(Validity::is_valid);
+    if valid {
+        state.borrow().epoch
+    } else {
+        None
+    }
 }
 
 impl fmt::Debug for AppContext {
@@ -492,8 +557,17 @@ impl AppContext {
         state: watch::Receiver<AppState>,
         commands: mpsc::Sender<AppCommand>,
         labels: BTreeMap<String, String>,
-    ) -> Self {
-        AppContext {
+    ) -> Result<Self> {
+        let validity: Arc<Mutex<Option<Validity>>> = Arc::new(Mutex::new(None));
+        let (token_validity, token_state) = (validity.clone(), state.clone());
+        let rpc = RpcClient::builder(transport.client().clone(), names.clone())
+            .caller(&app, &node)
+            .fencing_token_source(move || current_token(&token_validity, &token_state))
+            .build()?;
+        let events =
+            crate::events::Events::new(transport.client().clone(), names.clone(), &app, &node)
+                .map_err(|e| Error::config(e.to_string()))?;
+        Ok(AppContext {
             inner: Arc::new(ContextInner {
                 names,
                 node,
@@ -501,11 +575,13 @@ impl AppContext {
                 mode,
                 transport,
                 state,
-                validity: Mutex::new(None),
+                validity,
                 commands,
                 labels,
+                rpc,
+                events,
             }),
-        }
+        })
     }
 
     pub(crate) fn set_validity(&self, validity: Option<Validity>) {
@@ -587,6 +663,24 @@ impl AppContext {
             .send(AppCommand::StepDown)
             .await
             .map_err(|_| Error::Shutdown)
+    }
+
+    /// The RPC client, calling as this app and node. Calls made while
+    /// active carry this node's fencing token; calls made inside a handler
+    /// carry its trace id and are bounded by its deadline.
+    pub fn rpc(&self) -> &RpcClient {
+        &self.inner.rpc
+    }
+
+    /// Calls another app by name (untyped):
+    /// `ctx.call("counter").method("incr").send::<u64, u64>(&5).await`.
+    pub fn call(&self, app: &str) -> AppRef {
+        self.inner.rpc.app(app)
+    }
+
+    /// The app's events: publish, subscribe, durable subscriptions.
+    pub fn events(&self) -> &crate::events::Events {
+        &self.inner.events
     }
 
     /// The platform's NATS names.

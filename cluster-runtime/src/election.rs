@@ -196,7 +196,11 @@ impl Election {
         self.inst.observe_leader(Some(node), Some(epoch)).await;
 
         let activation = tokio::select! {
-            result = self.inst.hook("on_active") => result.map_err(|_| None),
+            result = async {
+                self.inst.hook("on_active").await?;
+                // Serve only once on_active has restored the app's state.
+                self.inst.serve(crate::rpc::ApiMode::Exclusive).await
+            } => result.map_err(|_| None),
             reason = held.lost() => Err(Some(reason)),
         };
         match activation {
@@ -257,6 +261,8 @@ impl Election {
     /// paused or cut-off node notices late, but stopped being valid at its
     /// deadline) — and `on_standby` runs.
     async fn demote(&self, held: &HeldLease, role: Role) {
+        // Stop answering calls first: a demoted instance must not serve.
+        self.inst.unserve().await;
         self.inst.ctx.set_validity(None);
         let valid_until = clock::instant_ns(held.validity().valid_until());
         let valid_until_ns = (valid_until < clock::monotonic_ns()).then_some(valid_until);

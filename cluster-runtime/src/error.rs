@@ -67,6 +67,9 @@ pub enum Error {
         /// The timeout.
         after: std::time::Duration,
     },
+    /// A call to another app failed.
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::RpcError),
     /// The platform is shutting down.
     #[error("the platform is shutting down")]
     Shutdown,
@@ -108,6 +111,17 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+}
+
+impl From<Error> for crate::rpc::HandlerError {
+    /// A handler's `cluster::Error` becomes a `handler` error reply; a failed
+    /// downstream call keeps its code.
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Rpc(e) => e.into(),
+            other => crate::rpc::HandlerError::new(other),
         }
     }
 }

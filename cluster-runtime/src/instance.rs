@@ -43,6 +43,7 @@ pub(crate) struct Instance {
     pub(crate) state: watch::Sender<AppState>,
     pub(crate) membership: Membership,
     pub(crate) observer: Option<RoleObserver>,
+    pub(crate) rpc: crate::rpc::RpcServer<AppContext>,
 }
 
 impl Instance {
@@ -109,6 +110,23 @@ impl Instance {
                 let _ = self.run_hook("on_leader_change", f).await;
             }
         }
+    }
+
+    /// Starts serving the app's API subject. Returns once the server has
+    /// provably processed the subscription, so the instance counts as
+    /// serving only when calls can reach it.
+    pub(crate) async fn serve(&self, mode: crate::rpc::ApiMode) -> Result<(), Error> {
+        self.rpc
+            .serve_api(mode)
+            .await
+            .map_err(|e| Error::nats(format!("serve app `{}`", self.app.name), e))
+    }
+
+    /// Stops serving the app's API subject (unsubscribe, then drain calls in
+    /// flight). Done *before* a demotion so no call is answered by an
+    /// instance that is no longer active.
+    pub(crate) async fn unserve(&self) {
+        self.rpc.stop_api().await;
     }
 
     /// Runs a hook with the app's timeout; failures are logged and returned.

@@ -156,13 +156,28 @@ impl PlatformBuilder {
                 state_rx.clone(),
                 cmd_tx.clone(),
                 config.labels.clone(),
-            );
+            )?;
+            // Instance and broadcast subjects (and `$SRV` visibility) are
+            // served from start-up; the API subject follows the role.
+            let rpc = crate::rpc::RpcServer::new(
+                transport.client().clone(),
+                names.clone(),
+                &app.name,
+                &config.node,
+                app.handlers.clone(),
+                ctx.clone(),
+            )
+            .map_err(|e| Error::nats(format!("RPC server of app `{}`", app.name), e))?;
+            rpc.start()
+                .await
+                .map_err(|e| Error::nats(format!("serve app `{}`", app.name), e))?;
             let inst = Arc::new(Instance {
                 app: app.clone(),
                 ctx: ctx.clone(),
                 state: state_tx,
                 membership: membership.clone(),
                 observer: self.observer.clone(),
+                rpc: rpc.clone(),
             });
             tasks.push(tokio::spawn(member_hooks(
                 inst.clone(),
@@ -209,6 +224,7 @@ impl PlatformBuilder {
                     ctx,
                     state: state_rx,
                     commands: cmd_tx,
+                    rpc,
                 },
             );
         }
@@ -246,6 +262,7 @@ pub(crate) struct AppHandle {
     pub(crate) ctx: AppContext,
     pub(crate) state: watch::Receiver<AppState>,
     pub(crate) commands: mpsc::Sender<AppCommand>,
+    pub(crate) rpc: crate::rpc::RpcServer<AppContext>,
 }
 
 pub(crate) struct Shared {
@@ -392,6 +409,9 @@ impl Platform {
             .is_err()
         {
             tracing::warn!("apps did not stop within 35 s");
+        }
+        for handle in self.shared.apps.values() {
+            handle.rpc.shutdown().await;
         }
         self.shared.membership.leave().await;
         if let Some((_, http)) = self.http {

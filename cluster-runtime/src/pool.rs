@@ -65,17 +65,23 @@ pub(crate) async fn run(inst: Arc<Instance>, mut shutdown: watch::Receiver<bool>
         let may_start = retry_at.is_none_or(|t| tokio::time::Instant::now() >= t);
         if desired && !running && may_start {
             inst.set_role(Role::Running, None, None);
-            if inst.hook("on_start").await.is_ok() {
+            let started = async {
+                inst.hook("on_start").await?;
+                inst.serve(crate::rpc::ApiMode::Pool).await
+            };
+            if started.await.is_ok() {
                 running = true;
                 failures = 0;
                 retry_at = None;
             } else {
                 failures += 1;
                 retry_at = Some(tokio::time::Instant::now() + flap_backoff(failures));
+                inst.unserve().await;
                 inst.set_role(Role::Stopped, None, None);
             }
         } else if !desired && running {
             running = false;
+            inst.unserve().await;
             inst.set_role(Role::Stopped, None, None);
             let _ = inst.hook("on_stop").await;
         }

@@ -47,7 +47,7 @@ where
 
 #[tokio::test]
 async fn subscribe_with_wildcards_sees_typed_events_and_their_source() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let ev = events(&nats.url(), "orders", "n1").await;
     let mut placed = ev.subscribe::<Placed>("placed.*").await.expect("sub");
     let mut all = ev.subscribe::<serde_json::Value>(">").await.expect("sub");
@@ -87,7 +87,7 @@ async fn subscribe_with_wildcards_sees_typed_events_and_their_source() {
 
 #[tokio::test]
 async fn durable_subscription_gets_every_event_once_in_order_across_restart() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let ev = events(&nats.url(), "orders", "n1").await;
     let mut sub = ev
         .subscribe_durable::<u64>("placed.>", "billing")
@@ -137,7 +137,7 @@ async fn durable_subscription_gets_every_event_once_in_order_across_restart() {
 
 #[tokio::test]
 async fn dropped_durable_subscription_redelivers_the_event_in_hand() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let ev = events(&nats.url(), "orders", "n1").await;
     let mut sub = ev
         .subscribe_durable_with::<u64>(
@@ -167,7 +167,7 @@ async fn dropped_durable_subscription_redelivers_the_event_in_hand() {
 
 #[tokio::test]
 async fn platform_events_carry_their_source_and_can_be_durable() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let orders = events(&nats.url(), "orders", "n1").await;
     let audit = events(&nats.url(), "audit-log", "n2").await;
     let mut live = audit
@@ -194,7 +194,7 @@ async fn platform_events_carry_their_source_and_can_be_durable() {
 
 #[tokio::test]
 async fn notify_reaches_another_apps_events() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let orders = events(&nats.url(), "orders", "n1").await;
     let billing = events(&nats.url(), "billing", "n2").await;
     let mut inbox = billing

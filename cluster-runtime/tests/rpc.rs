@@ -144,7 +144,7 @@ async fn whoami(call: cluster_runtime::rpc::Call) -> String {
 
 #[tokio::test]
 async fn exclusive_api_reaches_only_the_active() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     let n2 = server(&nats.url(), APP, "n2").await;
     n1.serve_api(ApiMode::Exclusive).await.expect("serve");
@@ -164,7 +164,7 @@ async fn exclusive_api_reaches_only_the_active() {
 
 #[tokio::test]
 async fn pool_spreads_calls_over_instances() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let mut servers = Vec::new();
     for node in ["n1", "n2", "n3"] {
         let s = server(&nats.url(), APP, node).await;
@@ -184,7 +184,7 @@ async fn pool_spreads_calls_over_instances() {
 
 #[tokio::test]
 async fn instance_subject_reaches_that_node() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let _n1 = server(&nats.url(), APP, "n1").await;
     let _n2 = server(&nats.url(), APP, "n2").await;
     let rpc = caller(&nats.url()).await;
@@ -198,7 +198,7 @@ async fn instance_subject_reaches_that_node() {
 
 #[tokio::test]
 async fn broadcast_gathers_every_instance_with_per_node_errors() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let _servers = [
         server(&nats.url(), APP, "n1").await,
         server(&nats.url(), APP, "n2").await,
@@ -235,7 +235,7 @@ async fn broadcast_gathers_every_instance_with_per_node_errors() {
 
 #[tokio::test]
 async fn partitions_route_to_their_owner_and_survive_hand_off() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), "cache", "n1").await;
     let n2 = server(&nats.url(), "cache", "n2").await;
     n1.serve_partitions(0..4).await.expect("serve");
@@ -283,7 +283,7 @@ async fn partitions_route_to_their_owner_and_survive_hand_off() {
 
 #[tokio::test]
 async fn hand_off_under_load_loses_no_call() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), "cache", "n1").await;
     let n2 = server(&nats.url(), "cache", "n2").await;
     n1.serve_partitions([0]).await.expect("serve");
@@ -325,7 +325,7 @@ async fn hand_off_under_load_loses_no_call() {
 
 #[tokio::test]
 async fn malformed_requests_get_bad_request() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let _n1 = server(&nats.url(), APP, "n1").await;
     let rpc = caller(&nats.url()).await;
     let err = rpc
@@ -365,7 +365,7 @@ async fn malformed_requests_get_bad_request() {
 
 #[tokio::test]
 async fn unknown_method_is_not_found() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Exclusive).await.expect("serve");
     let rpc = caller(&nats.url()).await;
@@ -393,7 +393,7 @@ async fn unknown_method_is_not_found() {
 
 #[tokio::test]
 async fn panicking_handler_is_internal_and_the_next_call_succeeds() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Exclusive).await.expect("serve");
     let rpc = caller(&nats.url()).await;
@@ -418,7 +418,7 @@ async fn panicking_handler_is_internal_and_the_next_call_succeeds() {
 
 #[tokio::test]
 async fn oversized_payload_fails_before_sending() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Exclusive).await.expect("serve");
     let rpc = caller(&nats.url()).await;
@@ -464,7 +464,7 @@ async fn oversized_payload_fails_before_sending() {
 
 #[tokio::test]
 async fn deadline_exceeded_is_timeout() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Exclusive).await.expect("serve");
     let rpc = caller(&nats.url()).await;
@@ -503,7 +503,7 @@ async fn deadline_exceeded_is_timeout() {
 
 #[tokio::test]
 async fn no_responders_are_retried_until_a_server_appears() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let rpc = caller(&nats.url()).await;
     let started = Instant::now();
     let call = tokio::spawn({
@@ -550,7 +550,7 @@ async fn no_responders_are_retried_until_a_server_appears() {
 
 #[tokio::test]
 async fn serving_is_effective_when_serve_returns() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     // A caller that would fail rather than retry.
     let rpc = RpcClient::builder(connect(&nats.url()).await, names())
         .retry_backoff(Duration::from_secs(10), Duration::from_secs(10))
@@ -577,7 +577,7 @@ async fn serving_is_effective_when_serve_returns() {
 
 #[tokio::test]
 async fn stopping_drains_in_flight_calls_then_refuses() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Exclusive).await.expect("serve");
     let rpc = caller(&nats.url()).await;
@@ -610,7 +610,7 @@ async fn stopping_drains_in_flight_calls_then_refuses() {
 
 #[tokio::test]
 async fn dropping_the_server_stops_serving() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Exclusive).await.expect("serve");
     let rpc = caller(&nats.url()).await;
@@ -636,7 +636,7 @@ async fn dropping_the_server_stops_serving() {
 
 #[tokio::test]
 async fn drain_is_bounded_and_aborts_late_calls() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server_with(
         &nats.url(),
         APP,
@@ -667,7 +667,7 @@ async fn drain_is_bounded_and_aborts_late_calls() {
 
 #[tokio::test]
 async fn a_dropped_call_is_abandoned() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let rpc = caller(&nats.url()).await;
     // Retrying against nobody; the caller gives up after 100 ms.
     let gave_up = tokio::time::timeout(
@@ -686,7 +686,7 @@ async fn a_dropped_call_is_abandoned() {
 
 #[tokio::test]
 async fn in_flight_calls_are_bounded() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let (n1, ctx) = server_ctx(
         &nats.url(),
         APP,
@@ -710,7 +710,7 @@ async fn in_flight_calls_are_bounded() {
 
 #[tokio::test]
 async fn trace_and_caller_propagate_through_nested_calls() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let front = server(&nats.url(), "front", "n1").await;
     front.serve_api(ApiMode::Exclusive).await.expect("serve");
     let back = server(&nats.url(), "back", "n2").await;
@@ -759,7 +759,7 @@ async fn trace_and_caller_propagate_through_nested_calls() {
 
 #[tokio::test]
 async fn msgpack_is_negotiated_by_header() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Exclusive).await.expect("serve");
     let rpc = RpcClient::builder(connect(&nats.url()).await, names())
@@ -802,7 +802,7 @@ async fn msgpack_is_negotiated_by_header() {
 
 #[tokio::test]
 async fn plain_nats_request_calls_a_handler() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Pool).await.expect("serve");
     let raw = connect(&nats.url()).await;
@@ -824,7 +824,7 @@ async fn plain_nats_request_calls_a_handler() {
 
 #[tokio::test]
 async fn micro_protocol_lists_the_app() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Pool).await.expect("serve");
     let _other = server(&nats.url(), "other", "n1").await;
@@ -959,7 +959,7 @@ impl CounterClient {
 
 #[tokio::test]
 async fn typed_client_plumbing() {
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let n1 = server(&nats.url(), APP, "n1").await;
     n1.serve_api(ApiMode::Exclusive).await.expect("serve");
     let rpc = caller(&nats.url()).await;
@@ -989,7 +989,7 @@ async fn typed_client_plumbing() {
 #[ignore = "benchmark"]
 async fn bench_rpc_vs_raw() {
     const N: usize = 5000;
-    let nats = support::start_server();
+    let nats = support::start_server().await;
     let payload: String = "x".repeat(98); // 100 bytes as a JSON string
 
     // Raw: a plain subscriber that echoes.

@@ -66,6 +66,17 @@ pub enum NodeEvent {
     Exited,
 }
 
+/// The reply of the test node's `whoami` handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Whoami {
+    /// The node that answered.
+    pub node: String,
+    /// Its fencing token (while active).
+    pub epoch: Option<u64>,
+    /// Whether it was active when it answered.
+    pub active: bool,
+}
+
 /// How to start one `cluster-test-node` process.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {

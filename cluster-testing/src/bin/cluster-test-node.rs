@@ -10,7 +10,7 @@ use cluster_runtime::clock::monotonic_ns;
 use cluster_runtime::config::{Config, ConfigArgs};
 use cluster_runtime::lease::LeaseTiming;
 use cluster_runtime::platform::Platform;
-use cluster_testing::node::NodeEvent;
+use cluster_testing::node::{NodeEvent, Whoami};
 
 #[derive(Debug, Parser)]
 #[command(name = "cluster-test-node")]
@@ -120,6 +120,16 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
                 });
             }
             Ok(())
+        })
+        .handle("whoami", |ctx, (): ()| async move {
+            Ok::<_, cluster_runtime::Error>(Whoami {
+                node: ctx.node().to_owned(),
+                epoch: ctx.fencing_token(),
+                active: ctx.is_active(),
+            })
+        })
+        .handle("echo", |_ctx, payload: serde_json::Value| async move {
+            Ok::<_, cluster_runtime::Error>(payload)
         })
         .on_standby(|ctx| async move {
             emit(&NodeEvent::Hook {
