@@ -3,7 +3,7 @@
 //!
 //! An [`App`] is built with [`App::builder`] — the same calls the
 //! `#[cluster::app]` macro generates. The platform runs each app with the
-//! pattern its [`Mode`] implies: singleton election or a pool.
+//! pattern its [`Mode`] implies: singleton election, a pool, or a ring.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +20,7 @@ use crate::lease::{LeaseTiming, Validity};
 use crate::membership::NodeRecord;
 use crate::naming::{self, Names};
 use crate::placement::Placement;
+use crate::ring::{Partitions, Ring};
 use crate::rpc::{AppRef, Handlers, RpcClient};
 
 /// How many instances of an app run.
@@ -130,6 +131,8 @@ type LeaderHook =
     Arc<dyn Fn(AppContext, Option<String>) -> BoxFuture<'static, HookResult> + Send + Sync>;
 type MemberHook =
     Arc<dyn Fn(AppContext, NodeRecord) -> BoxFuture<'static, HookResult> + Send + Sync>;
+type PartitionsHook =
+    Arc<dyn Fn(AppContext, Partitions) -> BoxFuture<'static, HookResult> + Send + Sync>;
 
 /// The lifecycle hooks of an app. Each is optional.
 #[derive(Clone, Default)]
@@ -141,6 +144,8 @@ pub(crate) struct Hooks {
     pub(crate) on_leader_change: Option<LeaderHook>,
     pub(crate) on_member_join: Option<MemberHook>,
     pub(crate) on_member_leave: Option<MemberHook>,
+    pub(crate) on_own: Option<PartitionsHook>,
+    pub(crate) on_release: Option<PartitionsHook>,
 }
 
 /// A validated app spec, ready to be run by a [`Platform`](crate::platform::Platform).
@@ -151,6 +156,7 @@ pub struct App {
     pub(crate) placement: Placement,
     pub(crate) lease: LeaseTiming,
     pub(crate) hook_timeout: Duration,
+    pub(crate) handoff_timeout: Duration,
     pub(crate) hooks: Hooks,
     pub(crate) handlers: Handlers<AppContext>,
 }
@@ -191,6 +197,7 @@ impl App {
             lease_ttl: None,
             lease_timing: None,
             hook_timeout: Duration::from_secs(30),
+            handoff_timeout: Duration::from_secs(10),
             hooks: Hooks::default(),
             ops: OpsOptions::default(),
             handlers: Handlers::new(),
@@ -223,6 +230,7 @@ pub struct AppBuilder {
     lease_ttl: Option<Duration>,
     lease_timing: Option<LeaseTiming>,
     hook_timeout: Duration,
+    handoff_timeout: Duration,
     hooks: Hooks,
     ops: OpsOptions,
     handlers: Handlers<AppContext>,
@@ -282,9 +290,12 @@ impl AppBuilder {
     }
 
     /// Serves `method` (`[A-Za-z0-9_-]+`) on the app's API: a singleton's
-    /// active instance, any pool instance, and each instance directly. The
-    /// request is decoded with the caller's codec (JSON by default); a
-    /// payload that does not decode is answered with `bad_request`.
+    /// active instance, any pool instance, a ring partition's owner, and
+    /// each instance directly. The request is decoded with the caller's
+    /// codec (JSON by default); a payload that does not decode is answered
+    /// with `bad_request`. A call that arrives on a ring partition this node
+    /// no longer owns (its lease ended while it was paused or cut off) is
+    /// answered with `unavailable` without running the handler.
     ///
     /// ```
     /// use cluster_runtime::app::App;
@@ -311,7 +322,28 @@ impl AppBuilder {
             self.handler_errors
                 .push(format!("method `{method}` is registered twice"));
         } else {
-            self.handlers = self.handlers.handle(method, f);
+            self.handlers = self
+                .handlers
+                .handle(method, move |ctx: AppContext, req: Req| {
+                    // Partition calls run only while this node owns the
+                    // partition (checked on the clock, see `Ring::owns`).
+                    let refused = crate::rpc::RequestInfo::current()
+                        .and_then(|info| info.partition())
+                        .filter(|p| !ctx.ring().owns(*p));
+                    let call = match refused {
+                        None => Ok(f(ctx, req)),
+                        Some(p) => Err(p),
+                    };
+                    async move {
+                        match call {
+                            Ok(fut) => fut.await.map_err(Into::into),
+                            Err(p) => Err(crate::rpc::HandlerError::with_code(
+                                crate::rpc::ErrorCode::Unavailable,
+                                format!("this node no longer owns partition {p}"),
+                            )),
+                        }
+                    }
+                });
         }
         self
     }
@@ -395,6 +427,41 @@ impl AppBuilder {
         self
     }
 
+    /// How long a ring node's `on_release` may take before the partitions
+    /// are given up anyway (default 10 s). Calls in flight are drained
+    /// before it runs, bounded by the RPC drain timeout (5 s).
+    pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
+        self.handoff_timeout = timeout;
+        self
+    }
+
+    /// Runs on a ring node when it starts owning a batch of partitions,
+    /// before their calls are routed to it: load their state here. If it
+    /// fails or times out, the partitions are handed back (`on_release`
+    /// runs) and the node holds off claiming with the flap backoff.
+    pub fn on_own<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext, Partitions) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_own = Some(Arc::new(move |ctx, parts| Box::pin(f(ctx, parts))));
+        self
+    }
+
+    /// Runs on a ring node when it gives up a batch of partitions, after
+    /// their calls stopped reaching it and in-flight calls finished, before
+    /// the next owner can claim them: hand their state over here. Bounded
+    /// by the hand-off timeout. When the node lost its lease (paused, cut
+    /// off) it runs after the fact: others may already own the partitions.
+    pub fn on_release<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext, Partitions) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_release = Some(Arc::new(move |ctx, parts| Box::pin(f(ctx, parts))));
+        self
+    }
+
     /// Runs when a node joins the platform.
     pub fn on_member_join<F, Fut>(mut self, f: F) -> Self
     where
@@ -449,9 +516,21 @@ impl AppBuilder {
                 self.name
             )));
         }
-        if let Mode::Ring(_) = self.mode {
+        let is_ring = matches!(self.mode, Mode::Ring(_));
+        for (hook, set) in [
+            ("on_own", self.hooks.on_own.is_some()),
+            ("on_release", self.hooks.on_release.is_some()),
+        ] {
+            if set && !is_ring {
+                return Err(Error::config(format!(
+                    "app `{}`: {hook} needs mode ring(P) (this app is {})",
+                    self.name, self.mode
+                )));
+            }
+        }
+        if self.handoff_timeout.is_zero() {
             return Err(Error::config(format!(
-                "app `{}`: mode ring(P) is not supported by this runtime yet; use singleton, spread or replicas(N)",
+                "app `{}`: handoff_timeout must be > 0",
                 self.name
             )));
         }
@@ -473,6 +552,7 @@ impl AppBuilder {
             placement,
             lease,
             hook_timeout: self.hook_timeout,
+            handoff_timeout: self.handoff_timeout,
             hooks: self.hooks,
             handlers: self.handlers,
         })
@@ -516,6 +596,7 @@ struct ContextInner {
     labels: BTreeMap<String, String>,
     rpc: RpcClient,
     events: crate::events::Events,
+    ring: Ring,
 }
 
 /// The fencing token while `validity` holds: read at every outgoing call.
@@ -580,6 +661,10 @@ impl AppContext {
                 labels,
                 rpc,
                 events,
+                ring: Ring::new(match mode {
+                    Mode::Ring(p) => p,
+                    _ => 0,
+                }),
             }),
         })
     }
@@ -678,6 +763,19 @@ impl AppContext {
         self.inner.rpc.app(app)
     }
 
+    /// The ring of a `ring(P)` app: the partition function, this node's
+    /// partitions and the ownership table. Empty for other modes.
+    ///
+    /// ```no_run
+    /// # fn demo(ctx: cluster_runtime::AppContext) {
+    /// let p = ctx.ring().partition_of("user:1");
+    /// println!("owner of user:1: {:?}; mine: {}", ctx.ring().owner_of("user:1"), ctx.ring().owns(p));
+    /// # }
+    /// ```
+    pub fn ring(&self) -> &Ring {
+        &self.inner.ring
+    }
+
     /// The app's events: publish, subscribe, durable subscriptions.
     pub fn events(&self) -> &crate::events::Events {
         &self.inner.events
@@ -743,5 +841,20 @@ mod tests {
             .build()
             .expect("valid");
         assert_eq!(app.lease_timing().deadline, Duration::from_millis(800));
+        let ring = App::builder("cache")
+            .mode(Mode::Ring(64))
+            .on_own(|_, _| async { Ok(()) })
+            .on_release(|_, _| async { Ok(()) })
+            .build()
+            .expect("ring app");
+        assert_eq!(ring.mode(), Mode::Ring(64));
+        let err = App::builder("counter")
+            .on_own(|_, _| async { Ok(()) })
+            .build()
+            .expect_err("on_own on a singleton");
+        assert!(
+            err.to_string().contains("on_own needs mode ring(P)"),
+            "{err}"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! One app on this node: its context, published state, hook runner and role
-//! recording. The patterns (`election`, `pool`) drive it.
+//! recording. The patterns (`election`, `pool`, `ring`) drive it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,7 @@ pub(crate) struct Instance {
     pub(crate) state: watch::Sender<AppState>,
     pub(crate) membership: Membership,
     pub(crate) observer: Option<RoleObserver>,
+    pub(crate) ownership_observer: Option<crate::ring::OwnershipObserver>,
     pub(crate) rpc: crate::rpc::RpcServer<AppContext>,
 }
 
@@ -91,6 +92,30 @@ impl Instance {
                 },
             );
         });
+    }
+
+    /// Records a change of ring ownership (own, serve, release) with the
+    /// machine-wide monotonic clock.
+    pub(crate) fn record_ownership(
+        &self,
+        change: crate::ring::OwnershipChange,
+        partitions: &[u32],
+        tokens: Vec<u64>,
+        valid_until_ns: Option<u64>,
+    ) {
+        let event = crate::ring::OwnershipEvent {
+            node: self.node().to_owned(),
+            app: self.app.name.clone(),
+            change,
+            partitions: partitions.to_vec(),
+            tokens,
+            t_ns: clock::monotonic_ns(),
+            valid_until_ns,
+        };
+        tracing::debug!(app = %event.app, ?change, count = partitions.len(), "ownership changed");
+        if let Some(observer) = &self.ownership_observer {
+            observer(&event);
+        }
     }
 
     /// Records who leads (observed from the lease key) and fires

@@ -1,7 +1,7 @@
 //! The runtime behind `cluster`.
 //!
 //! Layers call downward only: [`platform`] → app patterns ([`election`],
-//! [`pool`]) → services → primitives ([`lease`], [`membership`]) →
+//! [`pool`], [`ring`]) → services → primitives ([`lease`], [`membership`]) →
 //! [`transport`] / [`naming`]. See `docs/` for the user guide and the NATS
 //! design.
 
@@ -22,6 +22,7 @@ pub mod nats_server;
 pub mod placement;
 pub mod platform;
 pub mod pool;
+pub mod ring;
 pub mod rpc;
 pub mod transport;
 pub mod wal;

@@ -3,8 +3,8 @@
 //! [`Platform::builder`] validates everything before anything starts;
 //! [`Platform::run`] runs until SIGTERM/SIGINT and then shuts down
 //! gracefully — active singletons hand over (demote, delete their lease),
-//! pools stop, and the node record is deleted so others see the leave at
-//! once.
+//! pools stop, ring members hand their partitions off and leave, and the
+//! node record is deleted so others see the leave at once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +33,7 @@ pub struct PlatformBuilder {
     config: Option<Config>,
     apps: Vec<App>,
     observer: Option<RoleObserver>,
+    ownership_observer: Option<crate::ring::OwnershipObserver>,
     node_lease: Option<LeaseTiming>,
 }
 
@@ -62,6 +63,16 @@ impl PlatformBuilder {
     /// test harness's invariant recorder and by audit later).
     pub fn on_role_change(mut self, f: impl Fn(&RoleEvent) + Send + Sync + 'static) -> Self {
         self.observer = Some(Arc::new(f));
+        self
+    }
+
+    /// Calls `f` on every change of ring partition ownership on this node
+    /// (own, serve, release), e.g. for the invariant checker.
+    pub fn on_ownership_change(
+        mut self,
+        f: impl Fn(&crate::ring::OwnershipEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.ownership_observer = Some(Arc::new(f));
         self
     }
 
@@ -100,6 +111,28 @@ impl PlatformBuilder {
         } else {
             1
         };
+
+        // Ring apps: every node must split keys the same way. Checked (and
+        // recorded by the first node) before anything starts.
+        let mut ring_buckets = BTreeMap::new();
+        for app in &self.apps {
+            if let Mode::Ring(partitions) = app.mode {
+                let bucket = names.app_coord_bucket(&app.name);
+                let kv = lease::open_bucket(transport.jetstream(), &bucket, replicas).await?;
+                crate::ring::claims::ClaimWriter::new(
+                    transport.jetstream().clone(),
+                    &bucket,
+                    app.lease.ttl,
+                )
+                .ensure_config(&kv, partitions)
+                .await
+                .map_err(|e| match e {
+                    Error::Config(m) => Error::config(format!("app `{}`: {m}", app.name)),
+                    other => other,
+                })?;
+                ring_buckets.insert(app.name.clone(), kv);
+            }
+        }
 
         let record = NodeRecord {
             node: config.node.clone(),
@@ -177,6 +210,7 @@ impl PlatformBuilder {
                 state: state_tx,
                 membership: membership.clone(),
                 observer: self.observer.clone(),
+                ownership_observer: self.ownership_observer.clone(),
                 rpc: rpc.clone(),
             });
             tasks.push(tokio::spawn(member_hooks(
@@ -210,11 +244,36 @@ impl PlatformBuilder {
                 Mode::Spread | Mode::Replicas(_) => {
                     tasks.push(tokio::spawn(crate::pool::run(inst, shutdown_rx.clone())));
                 }
-                Mode::Ring(_) => {
-                    return Err(Error::config(format!(
-                        "app `{}`: ring mode is not supported yet",
-                        app.name
-                    )))
+                Mode::Ring(partitions) => {
+                    let Some(kv) = ring_buckets.remove(&app.name) else {
+                        return Err(Error::config(format!(
+                            "app `{}`: ring bucket not opened",
+                            app.name
+                        )));
+                    };
+                    let bucket = names.app_coord_bucket(&app.name);
+                    let member = LeaseKey::new(
+                        transport.jetstream().clone(),
+                        kv.clone(),
+                        &crate::ring::claims::member_key(&config.node),
+                        app.lease,
+                    );
+                    let task = crate::ring::task::RingTask {
+                        eligible: app.placement.allows(&config.node, &config.labels),
+                        writer: crate::ring::claims::ClaimWriter::new(
+                            transport.jetstream().clone(),
+                            &bucket,
+                            app.lease.ttl,
+                        ),
+                        inst,
+                        kv,
+                        member,
+                        transport: transport.clone(),
+                        shutdown: shutdown_rx.clone(),
+                        partitions,
+                        handoff_timeout: app.handoff_timeout,
+                    };
+                    tasks.push(tokio::spawn(task.run()));
                 }
             }
             apps.insert(
@@ -463,7 +522,7 @@ pub(crate) async fn status(shared: &Shared) -> Status {
                     leader: s.leader,
                     epoch: s.epoch,
                     lease_ttl_ms: h.app.lease.ttl.as_millis() as u64,
-                    partitions: Vec::new(),
+                    partitions: h.ctx.ring().owned().as_slice().to_vec(),
                 },
             )
         })

@@ -52,23 +52,9 @@ use crate::naming::{self, NameError, Names};
 /// A partition function: key bytes and partition count → partition.
 pub type PartitionFn = fn(&[u8], u32) -> u32;
 
-/// The default partition function and part of the wire contract:
-/// `xxh3_64(key) mod partitions` (xxh3 with seed 0).
-///
-/// ```
-/// use cluster_runtime::rpc::xxh3_partition;
-/// let p = xxh3_partition(b"user:1", 64);
-/// assert!(p < 64);
-/// assert_eq!(p, xxh3_partition(b"user:1", 64));
-/// ```
-pub fn xxh3_partition(key: &[u8], partitions: u32) -> u32 {
-    if partitions == 0 {
-        return 0;
-    }
-    let p = xxhash_rust::xxh3::xxh3_64(key) % u64::from(partitions);
-    // p < partitions ≤ u32::MAX
-    u32::try_from(p).unwrap_or(0)
-}
+/// The default partition function, part of the wire contract; defined (once)
+/// in [`crate::ring`], which owners use too.
+pub use crate::ring::xxh3_partition;
 
 type FencingSource = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 

@@ -1,0 +1,533 @@
+//! The ring's state machine on one node: join (member lease), reconcile
+//! (hand off what is no longer ours, claim what should be), leave.
+//!
+//! ```text
+//!            join: acquire member.<node>
+//!  outside ───────────────────────────────▶ member ──┐ reconcile on every
+//!     ▲  ▲                                   │  ▲     │ change of the view:
+//!     │  │ lease lost: stop at once,         │  └─────┘  hand off, claim
+//!     │  └──────────── on_release ───────────┤
+//!     │     leave (shutdown, record lapsed): │
+//!     └──── hand off everything, delete member.<node>
+//! ```
+//!
+//! The invariant each transition keeps is stated where it happens; the
+//! argument as a whole is in the [module docs](super).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::claims::{self, ClaimStatus, ClaimWriter, MemberRecord, View, Written};
+use super::{assign, OwnershipChange, Partitions};
+use crate::app::Role;
+use crate::clock;
+use crate::instance::{flap_backoff, Instance};
+use crate::lease::{HeldLease, KeyState, LeaseKey, LostReason};
+use crate::transport::Transport;
+
+/// How long loading the initial view may take before the watch is retried.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type KvWatch = kv::Watch;
+
+pub(crate) struct RingTask {
+    pub(crate) inst: Arc<Instance>,
+    pub(crate) kv: kv::Store,
+    pub(crate) member: LeaseKey,
+    pub(crate) writer: ClaimWriter,
+    pub(crate) transport: Transport,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) eligible: bool,
+    pub(crate) partitions: u32,
+    pub(crate) handoff_timeout: Duration,
+}
+
+/// What the task knows and holds.
+#[derive(Default)]
+struct State {
+    /// The keys as seen through the watch; exact once `complete`.
+    view: View,
+    complete: bool,
+    /// This node's member lease, while it is a ring member.
+    lease: Option<HeldLease>,
+    /// The epoch of the last member lease this process held: after losing
+    /// it, this process may take its own stale key over at once.
+    last_epoch: Option<u64>,
+    /// Partitions owned, with their claim revisions.
+    owned: BTreeMap<u32, u64>,
+    /// Claim sequences already acted on (claimed at, or deleted): not acted
+    /// on again until the view shows the key moved on.
+    tried: BTreeMap<u32, u64>,
+    /// `on_own` failures in a row, and when claiming may resume.
+    failures: u32,
+    holdoff_until: Option<Instant>,
+    /// Something changed since the last reconcile.
+    dirty: bool,
+}
+
+enum Wake {
+    Shutdown,
+    Lost(LostReason),
+    Entry(Option<Result<kv::Entry, kv::WatcherError>>),
+    Reconnect,
+    Registered,
+    Tick,
+}
+
+impl RingTask {
+    fn node(&self) -> &str {
+        self.inst.node()
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut st = State::default();
+        let mut registered = self.inst.membership.registered();
+        let mut generation = self.transport.generation();
+        let mut watch: Option<KvWatch> = None;
+        if !self.eligible {
+            self.inst.set_role(Role::Stopped, None, None);
+        }
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            if watch.is_none() {
+                generation.borrow_and_update();
+                match self.open_watch().await {
+                    Ok((w, view)) => {
+                        watch = Some(w);
+                        st.view = view;
+                        st.complete = true;
+                        st.dirty = true;
+                        self.publish_table(&st);
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %self.inst.app.name, error = %e, "cannot watch the ring; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            _ = self.shutdown.changed() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let want = self.eligible && *registered.borrow();
+            if !want && st.lease.is_some() {
+                // Our node record lapsed: we are cut off. Stop everything.
+                self.leave(&mut st, Role::Stopped).await;
+            }
+            if want && st.lease.is_none() {
+                self.join(&mut st).await;
+            }
+            if st.dirty && st.lease.is_some() {
+                st.dirty = false;
+                self.reconcile(&mut st).await;
+            }
+
+            let timing = self.member.timing();
+            let tick = match st.holdoff_until {
+                Some(t) if t > Instant::now() => t,
+                _ => Instant::now() + timing.renew,
+            };
+            let wake = tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => Wake::Shutdown,
+                reason = lease_lost(st.lease.as_ref()) => Wake::Lost(reason),
+                item = next_entry(watch.as_mut()) => Wake::Entry(item),
+                _ = generation.changed() => Wake::Reconnect,
+                _ = registered.changed() => Wake::Registered,
+                _ = tokio::time::sleep_until(tick) => Wake::Tick,
+            };
+            match wake {
+                Wake::Shutdown => {}
+                Wake::Lost(reason) => self.lost(&mut st, reason).await,
+                Wake::Entry(Some(Ok(entry))) => {
+                    st.dirty |=
+                        st.view
+                            .apply(&entry.key, entry.operation, entry.revision, &entry.value);
+                    // Take everything already delivered as one batch.
+                    while let Some(Some(item)) =
+                        watch.as_mut().and_then(|w| w.next().now_or_never())
+                    {
+                        match item {
+                            Ok(e) => {
+                                st.dirty |= st.view.apply(&e.key, e.operation, e.revision, &e.value)
+                            }
+                            Err(_) => {
+                                watch = None;
+                                break;
+                            }
+                        }
+                    }
+                    if st.dirty {
+                        self.publish_table(&st);
+                    }
+                }
+                Wake::Entry(_) | Wake::Reconnect => {
+                    // The watch ended or we reconnected (events may have been
+                    // missed): rebuild the view from a fresh snapshot.
+                    watch = None;
+                    st.complete = false;
+                }
+                Wake::Registered | Wake::Tick => st.dirty = true,
+            }
+        }
+        self.leave(&mut st, Role::Stopped).await;
+    }
+
+    /// Opens the watch of `ring`, `member.>` and `p.>` and reads the
+    /// snapshot (the last message of each key, in stream order). The `ring`
+    /// key always exists, so the snapshot is never empty and its end is the
+    /// entry with nothing pending after it.
+    async fn open_watch(&self) -> crate::Result<(KvWatch, View)> {
+        let op = || format!("watch ring keys of {}", self.kv.name);
+        let mut watch = self
+            .kv
+            .watch_many_with_history(claims::WATCH_KEYS)
+            .await
+            .map_err(|e| crate::Error::nats(op(), e))?;
+        let mut view = View::default();
+        let until = Instant::now() + SNAPSHOT_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(until, watch.next()).await {
+                Err(_) => {
+                    // The `ring` key vanished (an operator purged it?):
+                    // write it again so the next snapshot ends.
+                    self.writer.ensure_config(&self.kv, self.partitions).await?;
+                    return Err(crate::Error::nats(op(), "the snapshot did not complete"));
+                }
+                Ok(None) => return Err(crate::Error::nats(op(), "the watch ended")),
+                Ok(Some(Err(e))) => return Err(crate::Error::nats(op(), e)),
+                Ok(Some(Ok(entry))) => {
+                    view.apply(&entry.key, entry.operation, entry.revision, &entry.value);
+                    if entry.delta == 0 {
+                        return Ok((watch, view));
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_table(&self, st: &State) {
+        self.inst
+            .ctx
+            .ring()
+            .publish_table(st.view.table(self.partitions));
+    }
+
+    /// Becomes a ring member: acquires `member.<node>`. A key held by an
+    /// earlier incarnation of this node is waited out (it may still own
+    /// partitions until it expires), unless it is the lease this process
+    /// itself just lost and demoted from.
+    async fn join(&self, st: &mut State) {
+        if let Some(epoch) = st.view.member_epoch(self.node()) {
+            if Some(epoch) != st.last_epoch {
+                return; // held by an earlier incarnation: wait for its expiry
+            }
+        }
+        let record = MemberRecord {
+            node: self.node().to_owned(),
+            epoch: None,
+        };
+        let expected = match self.member.read().await {
+            Ok(KeyState::Free { seq }) => seq,
+            Ok(KeyState::Held { seq, value }) => {
+                let epoch = serde_json::from_slice::<MemberRecord>(&value)
+                    .ok()
+                    .map(|r| r.epoch.unwrap_or(seq));
+                if epoch.is_none() || epoch != st.last_epoch {
+                    return;
+                }
+                seq
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the ring member key; retrying");
+                return;
+            }
+        };
+        match self
+            .member
+            .try_acquire(expected, claims::encode(&record))
+            .await
+        {
+            Ok(Some(held)) => {
+                let epoch = held.epoch();
+                held.set_value(claims::encode(&MemberRecord {
+                    node: self.node().to_owned(),
+                    epoch: Some(epoch),
+                }));
+                self.inst.ctx.ring().set_validity(Some(held.validity()));
+                st.lease = Some(held);
+                st.last_epoch = Some(epoch);
+                st.tried.clear();
+                st.dirty = true;
+                self.inst.set_role(Role::Running, None, None);
+                tracing::info!(app = %self.inst.app.name, epoch, "joined the ring");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot acquire the ring member key; retrying"),
+        }
+    }
+
+    /// Moves towards the desired table: hands off owned partitions that are
+    /// desired elsewhere, claims free or stale partitions desired here, and
+    /// adopts claims of ours whose acknowledgement was lost.
+    async fn reconcile(&self, st: &mut State) {
+        let Some(lease) = st.lease.as_ref() else {
+            return;
+        };
+        let epoch = lease.epoch();
+        let me = self.node().to_owned();
+        // The desired table must include us as everyone sees us: wait until
+        // our own lease is in the view (otherwise we would give everything
+        // away in the window between acquiring it and seeing it).
+        if !st.complete || !lease.is_valid() || st.view.member_epoch(&me) != Some(epoch) {
+            return;
+        }
+        let live: Vec<&str> = st.view.live().map(|(n, _)| n).collect();
+        let desired: Vec<bool> = assign(&self.inst.app.name, self.partitions, &live)
+            .into_iter()
+            .map(|o| o.map(|i| live[i]) == Some(me.as_str()))
+            .collect();
+        let mine = |p: u32| desired.get(p as usize).copied().unwrap_or(false);
+
+        let leaving: Vec<u32> = st.owned.keys().copied().filter(|p| !mine(*p)).collect();
+        if !leaving.is_empty() {
+            self.hand_off(st, leaving).await;
+        }
+
+        st.tried
+            .retain(|p, seq| st.view.claims.get(p).map_or(0, |c| c.seq) == *seq);
+        let may_claim = st.holdoff_until.is_none_or(|t| Instant::now() >= t);
+        let (mut adopt, mut stray, mut claim) = (Vec::new(), Vec::new(), Vec::new());
+        for p in 0..self.partitions {
+            if st.owned.contains_key(&p) {
+                continue;
+            }
+            let status = st.view.status(p);
+            let seq = match &status {
+                ClaimStatus::Free { seq } | ClaimStatus::Stale { seq, .. } => *seq,
+                ClaimStatus::Valid { seq, .. } => *seq,
+            };
+            if st.tried.get(&p) == Some(&seq) {
+                continue;
+            }
+            match status {
+                ClaimStatus::Valid {
+                    owner, epoch: e, ..
+                } if owner == me && e == epoch => {
+                    if mine(p) {
+                        adopt.push((p, seq));
+                    } else {
+                        stray.push((p, seq));
+                    }
+                }
+                ClaimStatus::Valid { .. } => {} // someone else's: they hand it off
+                ClaimStatus::Free { .. } | ClaimStatus::Stale { .. } => {
+                    if mine(p) && may_claim {
+                        claim.push((p, seq));
+                    }
+                }
+            }
+        }
+        if !stray.is_empty() {
+            let results = self.writer.release(&stray).await;
+            record_tried(st, &stray, &results);
+        }
+        if !claim.is_empty() {
+            // Invariant: only a node whose lease is valid writes a claim.
+            let valid = st.lease.as_ref().is_some_and(HeldLease::is_valid);
+            if !valid {
+                return;
+            }
+            let results = self.writer.claim(&claim, &me, epoch).await;
+            record_tried(st, &claim, &results);
+            for (&(p, _), result) in claim.iter().zip(&results) {
+                match result {
+                    Written::Ok(revision) => adopt.push((p, *revision)),
+                    Written::Conflict => {}
+                    Written::Failed(e) => {
+                        tracing::debug!(partition = p, error = %e, "claim outcome unknown; the watch will tell")
+                    }
+                }
+            }
+        }
+        if !adopt.is_empty() {
+            adopt.sort_unstable();
+            self.take(st, adopt).await;
+        }
+    }
+
+    /// Starts owning `batch` (partition, claim revision): marks them owned,
+    /// runs `on_own`, then serves them. A failing `on_own` (or subscription)
+    /// hands them back and holds off claiming (flap damping).
+    async fn take(&self, st: &mut State, batch: Vec<(u32, u64)>) {
+        // Invariant: ownership starts only if the lease the claims name is
+        // still valid after their acknowledgement arrived. A claim stored
+        // after our lease ended is stale for everyone else already.
+        if !st.lease.as_ref().is_some_and(HeldLease::is_valid) {
+            return;
+        }
+        let ring = self.inst.ctx.ring();
+        ring.mark_owned(&batch);
+        st.owned.extend(batch.iter().copied());
+        let parts: Vec<u32> = batch.iter().map(|(p, _)| *p).collect();
+        let tokens: Vec<u64> = batch.iter().map(|(_, t)| *t).collect();
+        self.inst
+            .record_ownership(OwnershipChange::Own, &parts, tokens, None);
+        let owned = match &self.inst.app.hooks.on_own {
+            Some(hook) => {
+                let f = hook(self.inst.ctx.clone(), Partitions::new(parts.clone()));
+                self.inst.run_hook("on_own", f).await.is_ok()
+            }
+            None => true,
+        };
+        let serving = owned
+            && match self.inst.rpc.serve_partitions(parts.iter().copied()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(app = %self.inst.app.name, error = %e, "cannot serve partitions; handing them back");
+                    false
+                }
+            };
+        if serving {
+            st.failures = 0;
+            st.holdoff_until = None;
+            self.inst
+                .record_ownership(OwnershipChange::Serve, &parts, Vec::new(), None);
+        } else {
+            st.failures += 1;
+            let backoff = flap_backoff(st.failures);
+            tracing::warn!(app = %self.inst.app.name, ?backoff, "on_own failed; handing the partitions back");
+            st.holdoff_until = Some(Instant::now() + backoff);
+            self.hand_off(st, parts).await;
+        }
+    }
+
+    /// Graceful hand-off of `parts`: stop serving (unsubscribe, drain calls
+    /// in flight up to the RPC drain timeout), run `on_release` (bounded by
+    /// the hand-off timeout), then free the claims. Invariant: a claim is
+    /// deleted only after this node stopped serving and released it, so the
+    /// next owner's compare-and-set succeeds only after that.
+    async fn hand_off(&self, st: &mut State, parts: Vec<u32>) {
+        self.inst.rpc.stop_partitions(parts.iter().copied()).await;
+        self.inst.ctx.ring().mark_released(&parts);
+        let revisions: Vec<(u32, u64)> = parts
+            .iter()
+            .filter_map(|p| st.owned.remove(p).map(|r| (*p, r)))
+            .collect();
+        self.on_release(&parts).await;
+        self.inst
+            .record_ownership(OwnershipChange::Release, &parts, Vec::new(), None);
+        let results = self.writer.release(&revisions).await;
+        record_tried(st, &revisions, &results);
+    }
+
+    /// Runs `on_release`; after the hand-off timeout the hook is abandoned
+    /// and the partitions are given up anyway.
+    async fn on_release(&self, parts: &[u32]) {
+        if parts.is_empty() {
+            return;
+        }
+        let Some(hook) = &self.inst.app.hooks.on_release else {
+            return;
+        };
+        let f = hook(
+            self.inst.ctx.clone(),
+            Partitions::new(parts.iter().copied()),
+        );
+        let run = self.inst.run_hook("on_release", f);
+        if tokio::time::timeout(self.handoff_timeout, run)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                app = %self.inst.app.name,
+                timeout = ?self.handoff_timeout,
+                "on_release did not finish within the hand-off timeout; giving the partitions up anyway"
+            );
+        }
+    }
+
+    /// The member lease was lost (no renew acknowledged before the deadline,
+    /// or the key changed under us). Invariant: this node stopped owning at
+    /// the lease's deadline — `Ring::owns` already answers false — and the
+    /// claims it holds are stale for everyone once the key expires. Stop
+    /// serving now and tell the app; the claims are left to expire with the
+    /// lease.
+    async fn lost(&self, st: &mut State, reason: LostReason) {
+        let Some(lease) = st.lease.take() else {
+            return;
+        };
+        tracing::warn!(app = %self.inst.app.name, ?reason, "lost the ring member lease; releasing every partition");
+        let ring = self.inst.ctx.ring();
+        let parts: Vec<u32> = st.owned.keys().copied().collect();
+        ring.mark_released(&parts);
+        ring.set_validity(None);
+        let valid_until = clock::instant_ns(lease.validity().valid_until());
+        let late = (valid_until < clock::monotonic_ns()).then_some(valid_until);
+        self.inst.rpc.stop_partitions(parts.iter().copied()).await;
+        if !parts.is_empty() {
+            self.inst
+                .record_ownership(OwnershipChange::Release, &parts, Vec::new(), late);
+        }
+        st.owned.clear();
+        st.last_epoch = Some(lease.epoch());
+        self.inst.set_role(Role::Stopped, None, late);
+        self.on_release(&parts).await;
+        st.dirty = true;
+    }
+
+    /// Leaves the ring gracefully: hands off everything locally, then
+    /// deletes the member lease — one write that makes every claim of ours
+    /// stale at once, after we stopped owning.
+    async fn leave(&self, st: &mut State, role: Role) {
+        let parts: Vec<u32> = st.owned.keys().copied().collect();
+        if !parts.is_empty() {
+            self.inst.rpc.stop_partitions(parts.iter().copied()).await;
+            self.inst.ctx.ring().mark_released(&parts);
+            self.on_release(&parts).await;
+            self.inst
+                .record_ownership(OwnershipChange::Release, &parts, Vec::new(), None);
+            st.owned.clear();
+        }
+        self.inst.ctx.ring().set_validity(None);
+        if let Some(lease) = st.lease.take() {
+            // Everything is released: if the delete does not get through,
+            // this process may take its own key over when it rejoins.
+            st.last_epoch = Some(lease.epoch());
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "could not delete the ring member key; it will expire");
+            }
+        }
+        self.inst.set_role(role, None, None);
+    }
+}
+
+fn record_tried(st: &mut State, batch: &[(u32, u64)], results: &[Written]) {
+    for (&(p, seq), result) in batch.iter().zip(results) {
+        if !matches!(result, Written::Failed(_)) {
+            st.tried.insert(p, seq);
+        }
+    }
+}
+
+async fn lease_lost(lease: Option<&HeldLease>) -> LostReason {
+    match lease {
+        Some(l) => l.lost().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_entry(watch: Option<&mut KvWatch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
