@@ -8,6 +8,7 @@ use std::time::Duration;
 use cluster_runtime::app::Role;
 use cluster_runtime::clock::monotonic_ns;
 use cluster_runtime::instance::RoleEvent;
+use cluster_runtime::ring::OwnershipEvent;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -29,6 +30,8 @@ pub enum NodeEvent {
     },
     /// A role change.
     Role(RoleEvent),
+    /// A change of ring partition ownership.
+    Ownership(OwnershipEvent),
     /// A hook ran.
     Hook {
         /// Hook name.
@@ -404,6 +407,7 @@ impl Nodes {
             for e in n.events() {
                 match e {
                     NodeEvent::Role(r) => h.roles.push(r),
+                    NodeEvent::Ownership(o) => h.ownership.push(o),
                     NodeEvent::Tick { app, t_ns, .. } => {
                         h.ticks.push((n.id().to_owned(), app, t_ns))
                     }

@@ -1,6 +1,7 @@
 //! A node process for the harness: runs one configurable app and reports
-//! every role change, member event and "active tick" as a JSON line on
-//! stdout, so tests in another process can check the invariants.
+//! every role change, ring ownership change, member event and "active tick"
+//! as a JSON line on stdout, so tests in another process can check the
+//! invariants. `--mode ring(P)` runs a ring app.
 
 use std::time::Duration;
 
@@ -94,7 +95,7 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
         )?,
         _ => LeaseTiming::from_ttl(ttl)?,
     };
-    let app = App::builder(args.app.clone())
+    let mut app = App::builder(args.app.clone())
         .mode(mode)
         .placement(args.placement.clone())
         .lease_timing(timing)
@@ -122,10 +123,18 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
             Ok(())
         })
         .handle("whoami", |ctx, (): ()| async move {
+            // On a ring partition: the partition's fencing token and whether
+            // this node owns it.
+            let partition =
+                cluster_runtime::rpc::RequestInfo::current().and_then(|i| i.partition());
+            let (epoch, active) = match partition {
+                Some(p) => (ctx.ring().fencing_token(p), ctx.ring().owns(p)),
+                None => (ctx.fencing_token(), ctx.is_active()),
+            };
             Ok::<_, cluster_runtime::Error>(Whoami {
                 node: ctx.node().to_owned(),
-                epoch: ctx.fencing_token(),
-                active: ctx.is_active(),
+                epoch,
+                active,
             })
         })
         .handle("echo", |_ctx, payload: serde_json::Value| async move {
@@ -162,13 +171,33 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
         .on_member_leave(|_ctx, node| async move {
             emit(&NodeEvent::MemberLeave { node: node.node });
             Ok(())
-        })
-        .build()?;
+        });
+    if let Mode::Ring(_) = mode {
+        app = app
+            .on_own(|ctx, _partitions| async move {
+                emit(&NodeEvent::Hook {
+                    hook: "on_own".into(),
+                    app: ctx.app().into(),
+                    t_ns: monotonic_ns(),
+                });
+                Ok(())
+            })
+            .on_release(|ctx, _partitions| async move {
+                emit(&NodeEvent::Hook {
+                    hook: "on_release".into(),
+                    app: ctx.app().into(),
+                    t_ns: monotonic_ns(),
+                });
+                Ok(())
+            });
+    }
+    let app = app.build()?;
     let platform = Platform::builder()
         .config(config)
         .node_lease(timing)
         .app(app)
         .on_role_change(|e| emit(&NodeEvent::Role(e.clone())))
+        .on_ownership_change(|e| emit(&NodeEvent::Ownership(e.clone())))
         .start()
         .await?;
     emit(&NodeEvent::Ready {
