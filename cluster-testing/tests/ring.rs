@@ -104,6 +104,34 @@ async fn five_nodes_own_every_partition_once_and_evenly_and_status_shows_it() {
         .await
         .expect("nodes");
     let table = wait_converged(&nodes, &ids).await;
+    for n in &nodes.nodes {
+        assert!(
+            n.events()
+                .iter()
+                .any(|e| matches!(e, NodeEvent::Hook { hook, .. } if hook == "on_start")),
+            "on_start ran on {}",
+            n.id()
+        );
+    }
+    // Calls without a key go to any instance (queue group).
+    let nats = async_nats::connect(server.url().as_str())
+        .await
+        .expect("connect");
+    let rpc = RpcClient::new(nats, Names::new("test").expect("names"));
+    let mut answered = BTreeSet::new();
+    for _ in 0..50 {
+        let w: Whoami = rpc
+            .app(APP)
+            .method("whoami")
+            .send(&())
+            .await
+            .expect("keyless call");
+        answered.insert(w.node);
+    }
+    assert!(
+        answered.len() > 1,
+        "queue group spreads keyless calls: {answered:?}"
+    );
     let fair = f64::from(P) / ids.len() as f64;
     for id in ids {
         let share = table.values().filter(|n| *n == id).count() as f64;

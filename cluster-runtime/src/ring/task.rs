@@ -1,14 +1,16 @@
-//! The ring's state machine on one node: join (member lease), reconcile
-//! (hand off what is no longer ours, claim what should be), leave.
+//! The ring's state machine on one node: start (`on_start`, serve the
+//! keyless API in the queue group), join (member lease), reconcile (hand off
+//! what is no longer ours, claim what should be), leave.
 //!
 //! ```text
-//!            join: acquire member.<node>
-//!  outside ───────────────────────────────▶ member ──┐ reconcile on every
-//!     ▲  ▲                                   │  ▲     │ change of the view:
-//!     │  │ lease lost: stop at once,         │  └─────┘  hand off, claim
-//!     │  └──────────── on_release ───────────┤
-//!     │     leave (shutdown, record lapsed): │
-//!     └──── hand off everything, delete member.<node>
+//!         on_start,          join: acquire
+//!         serve API          member.<node>
+//!  stopped ────────▶ started ─────────────▶ member ──┐ reconcile on every
+//!     ▲                 ▲  ▲                 │  ▲     │ change of the view:
+//!     │                 │  │ lease lost:     │  └─────┘  hand off, claim
+//!     │                 │  └── stop at once, on_release
+//!     │   leave (shutdown, record lapsed):   │
+//!     └── hand off everything, delete member.<node>, unserve API, on_stop
 //! ```
 //!
 //! The invariant each transition keeps is stated where it happens; the
@@ -67,6 +69,11 @@ struct State {
     /// `on_own` failures in a row, and when claiming may resume.
     failures: u32,
     holdoff_until: Option<Instant>,
+    /// `on_start` ran and the keyless API is served (queue group).
+    started: bool,
+    /// `on_start` failures in a row, and when starting may be retried.
+    start_failures: u32,
+    start_retry_at: Option<Instant>,
     /// Something changed since the last reconcile.
     dirty: bool,
 }
@@ -118,11 +125,14 @@ impl RingTask {
                 }
             }
             let want = self.eligible && *registered.borrow();
-            if !want && st.lease.is_some() {
+            if !want && st.started {
                 // Our node record lapsed: we are cut off. Stop everything.
                 self.leave(&mut st, Role::Stopped).await;
             }
-            if want && st.lease.is_none() {
+            if want && !st.started {
+                self.start(&mut st).await;
+            }
+            if want && st.started && st.lease.is_none() {
                 self.join(&mut st).await;
             }
             if st.dirty && st.lease.is_some() {
@@ -131,10 +141,12 @@ impl RingTask {
             }
 
             let timing = self.member.timing();
-            let tick = match st.holdoff_until {
-                Some(t) if t > Instant::now() => t,
-                _ => Instant::now() + timing.renew,
-            };
+            let tick = [st.holdoff_until, st.start_retry_at]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t > Instant::now())
+                .min()
+                .unwrap_or_else(|| Instant::now() + timing.renew);
             let wake = tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => Wake::Shutdown,
@@ -219,6 +231,33 @@ impl RingTask {
             .ctx
             .ring()
             .publish_table(st.view.table(self.partitions));
+    }
+
+    /// Starts the instance: `on_start`, then the keyless API subject in the
+    /// queue group (any instance answers calls without a key). A failing
+    /// `on_start` is retried with the flap backoff.
+    async fn start(&self, st: &mut State) {
+        if st.start_retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let started = async {
+            self.inst.hook("on_start").await?;
+            self.inst.serve(crate::rpc::ApiMode::Pool).await
+        };
+        match started.await {
+            Ok(()) => {
+                st.started = true;
+                st.start_failures = 0;
+                st.start_retry_at = None;
+            }
+            Err(e) => {
+                st.start_failures += 1;
+                let backoff = flap_backoff(st.start_failures);
+                tracing::warn!(app = %self.inst.app.name, error = %e, ?backoff, "cannot start the ring instance; retrying");
+                st.start_retry_at = Some(Instant::now() + backoff);
+                self.inst.unserve().await;
+            }
+        }
     }
 
     /// Becomes a ring member: acquires `member.<node>`. A key held by an
@@ -486,7 +525,8 @@ impl RingTask {
 
     /// Leaves the ring gracefully: hands off everything locally, then
     /// deletes the member lease — one write that makes every claim of ours
-    /// stale at once, after we stopped owning.
+    /// stale at once, after we stopped owning — then stops the instance
+    /// (keyless API unserved, `on_stop`).
     async fn leave(&self, st: &mut State, role: Role) {
         let parts: Vec<u32> = st.owned.keys().copied().collect();
         if !parts.is_empty() {
@@ -505,6 +545,11 @@ impl RingTask {
             if let Err(e) = lease.release().await {
                 tracing::warn!(error = %e, "could not delete the ring member key; it will expire");
             }
+        }
+        if st.started {
+            st.started = false;
+            self.inst.unserve().await;
+            let _ = self.inst.hook("on_stop").await;
         }
         self.inst.set_role(role, None, None);
     }
