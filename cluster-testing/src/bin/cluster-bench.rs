@@ -5,6 +5,10 @@
 //! - `failover`: graceful hand-over (stepdown → new `on_active` started) and
 //!   crash failover (SIGKILL of the active process → new `on_active`), with
 //!   node processes on a real nats-server.
+//! - `ring`: a 256-partition ring on 5 node processes: hand-off after a
+//!   join, a graceful leave and a SIGKILL (until every partition is owned
+//!   and served again), partitions moved per join, instants with two owners
+//!   (invariant checker), and the control-plane write rate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +39,10 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match scenario.as_str() {
             "failover" => failover().await,
-            other => Err(format!("unknown scenario `{other}`; available: failover")),
+            "ring" => ring::run().await,
+            other => Err(format!(
+                "unknown scenario `{other}`; available: failover, ring"
+            )),
         }
     });
     match result {
@@ -175,4 +182,226 @@ async fn failover() -> Result<(), String> {
             "ttl_ms": ttl_ms, "trials": crash.len(), "target_p99": ttl_ms + 400})
     );
     Ok(())
+}
+
+mod ring {
+    //! The `ring` scenario. Every action starts from a converged ring of 5
+    //! members: a graceful leave (SIGTERM), a join of a new node, a SIGKILL,
+    //! and another join. "Converged" = every partition owned and served by
+    //! exactly its desired owner, from the nodes' ownership events; a
+    //! hand-off's time runs from the action to the instant the last moved
+    //! partition was served by its new owner.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use cluster_runtime::app::Role;
+    use cluster_runtime::clock::monotonic_ns;
+    use cluster_runtime::ring::assign;
+    use cluster_testing::node::{NodeEvent, NodeProcess, NodeSpec, Nodes};
+    use cluster_testing::{NatsServer, ServerOptions};
+
+    use super::{node_binary, percentiles, round, WAIT};
+
+    const APP: &str = "cache";
+    const P: u32 = 256;
+    const TRIALS: usize = 10;
+    const TTL_SECS: u64 = 1;
+
+    fn desired(members: &[String]) -> BTreeMap<u32, String> {
+        let names: Vec<&str> = members.iter().map(String::as_str).collect();
+        assign(APP, P, &names)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(p, o)| Some((p as u32, members[o?].clone())))
+            .collect()
+    }
+
+    /// When the ring is converged to `members`: the instant the last of
+    /// `moved` was served by its owner (or 0 if none moved).
+    fn converged(nodes: &Nodes, members: &[String], moved: &BTreeSet<u32>) -> Option<u64> {
+        let want = desired(members);
+        let h = nodes.history();
+        let intervals = h.partition_intervals(APP);
+        let mut last = 0;
+        for p in 0..P {
+            let open: Vec<_> = intervals
+                .get(&p)?
+                .iter()
+                .filter(|i| i.end == u64::MAX)
+                .collect();
+            let [only] = open.as_slice() else { return None };
+            if only.node != want[&p] {
+                return None;
+            }
+            let served = only.serving?;
+            if moved.contains(&p) {
+                last = last.max(served);
+            }
+        }
+        Some(last)
+    }
+
+    async fn wait_converged(
+        nodes: &Nodes,
+        members: &[String],
+        moved: &BTreeSet<u32>,
+    ) -> Result<u64, String> {
+        nodes
+            .wait_until(WAIT, || converged(nodes, members, moved))
+            .await
+            .ok_or_else(|| format!("ring did not converge to {members:?} within {WAIT:?}"))
+    }
+
+    fn moved(before: &[String], after: &[String]) -> BTreeSet<u32> {
+        let (a, b) = (desired(before), desired(after));
+        (0..P).filter(|p| a[p] != b[p]).collect()
+    }
+
+    fn spec(bin: &std::path::Path, url: &str, id: &str) -> NodeSpec {
+        let mut s = NodeSpec::new(bin, id, url);
+        s.platform = "bench".into();
+        s.app = APP.into();
+        s.mode = format!("ring({P})");
+        s.tick_ms = 0;
+        s.lease_ttl_secs = TTL_SECS;
+        s
+    }
+
+    /// The instant `node` joined the ring (its member lease acquired).
+    async fn joined_at(node: &NodeProcess) -> Result<u64, String> {
+        match node
+            .wait_event(
+                |e| matches!(e, NodeEvent::Role(r) if r.app == APP && r.role == Role::Running),
+                WAIT,
+            )
+            .await
+        {
+            Some(NodeEvent::Role(r)) => Ok(r.t_ns),
+            _ => Err(format!("{} never joined the ring", node.id())),
+        }
+    }
+
+    /// Messages stored in the app's coordination bucket so far.
+    async fn coord_writes(js: &async_nats::jetstream::Context) -> Result<u64, String> {
+        let mut stream = js
+            .get_stream(format!("KV_bench_{APP}_coord"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let info = stream.info().await.map_err(|e| e.to_string())?;
+        Ok(info.state.last_sequence)
+    }
+
+    pub(super) async fn run() -> Result<(), String> {
+        let bin = node_binary()?;
+        let server = NatsServer::start(ServerOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = server.url();
+        let mut members: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
+        let mut nodes =
+            Nodes::start(members.iter().map(|id| spec(&bin, &url, id)).collect()).await?;
+        wait_converged(&nodes, &members, &BTreeSet::new()).await?;
+
+        // Control-plane writes of the idle ring.
+        let client = async_nats::connect(url.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let js = async_nats::jetstream::new(client);
+        let window = Duration::from_secs(5);
+        let w0 = coord_writes(&js).await?;
+        tokio::time::sleep(window).await;
+        let w1 = coord_writes(&js).await?;
+        let write_rate = (w1 - w0) as f64 / window.as_secs_f64() / members.len() as f64;
+
+        let (mut join, mut leave, mut crash, mut ratios) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut next = 1;
+        let fair = f64::from(P) / 5.0;
+        for _ in 0..TRIALS {
+            // Graceful leave of the oldest member.
+            let gone = members.remove(0);
+            let mv = moved(&[vec![gone.clone()], members.clone()].concat(), &members);
+            let node = nodes.get(&gone).ok_or("leaving node vanished")?;
+            let t0 = monotonic_ns();
+            node.terminate().map_err(|e| e.to_string())?;
+            let t1 = wait_converged(&nodes, &members, &mv).await?;
+            leave.push(t1.saturating_sub(t0) as f64 / 1e6);
+            let node = nodes.get(&gone).ok_or("leaving node vanished")?;
+            node.wait_exit(WAIT)
+                .await
+                .ok_or("leaving node did not exit")?;
+
+            // Two joins, with a SIGKILL between them.
+            for step in 0..2 {
+                let id = format!("j{next}");
+                next += 1;
+                let before = members.clone();
+                members.push(id.clone());
+                let mv = moved(&before, &members);
+                ratios.push(mv.len() as f64 / fair);
+                let node = NodeProcess::spawn(spec(&bin, &url, &id)).map_err(|e| e.to_string())?;
+                node.wait_ready(WAIT).await?;
+                let t0 = joined_at(&node).await?;
+                nodes.nodes.push(node);
+                let t1 = wait_converged(&nodes, &members, &mv).await?;
+                join.push(t1.saturating_sub(t0) as f64 / 1e6);
+                if step == 1 {
+                    break;
+                }
+                // SIGKILL of the oldest member.
+                let dead = members.remove(0);
+                let mv = moved(&[vec![dead.clone()], members.clone()].concat(), &members);
+                let t0 = nodes.get(&dead).ok_or("killed node vanished")?.kill();
+                let t1 = wait_converged(&nodes, &members, &mv).await?;
+                crash.push(t1.saturating_sub(t0) as f64 / 1e6);
+            }
+        }
+        let double = nodes.history().double_owners(APP).len();
+        drop(nodes);
+
+        let ttl_ms = TTL_SECS * 1000;
+        let line = |name: &str, samples: &mut Vec<f64>, extra: serde_json::Value| {
+            let (p50, p99) = percentiles(samples);
+            let mut v = serde_json::json!({"bench": name, "unit": "ms", "p50": round(p50),
+                "p99": round(p99), "trials": samples.len()});
+            if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+                v.extend(extra.clone());
+            }
+            println!("{v}");
+        };
+        line(
+            "ring.handoff_join",
+            &mut join,
+            serde_json::json!({"target_p99": 1000}),
+        );
+        line(
+            "ring.handoff_leave",
+            &mut leave,
+            serde_json::json!({"target_p99": 1000}),
+        );
+        line(
+            "ring.crash_recovery",
+            &mut crash,
+            serde_json::json!({"ttl_ms": ttl_ms, "target_p99": ttl_ms + 1000}),
+        );
+        let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        println!(
+            "{}",
+            serde_json::json!({"bench": "ring.moved_ratio", "value": round(mean), "max": round(max),
+                "trials": ratios.len(), "target": 1.25})
+        );
+        println!(
+            "{}",
+            serde_json::json!({"bench": "ring.double_owner", "value": double, "target": 0})
+        );
+        println!(
+            "{}",
+            serde_json::json!({"bench": "ring.write_rate", "unit": "writes/s/node",
+                "value": round(write_rate), "renew_ms": ttl_ms / 3, "partitions": P, "nodes": 5,
+                "per_claim_leases": round(f64::from(P) / 5.0 * 1000.0 / (ttl_ms / 3) as f64)})
+        );
+        Ok(())
+    }
 }
