@@ -5,8 +5,8 @@
 //!
 //! - **At most one owner per partition at any instant** (DESIGN §8,
 //!   invariant 2). A node owns partition `p` only while the claim key `p.<p>`
-//!   in `P_A_coord` names it *and* the ring lease its claim names is valid on
-//!   its clock. How that is kept is explained in [`claims`](self#the-protocol).
+//!   in `P_A_coord` names it *and* the member lease its claim names is valid
+//!   on its clock. [The protocol](#the-protocol) below says how.
 //! - **One partition function, part of the wire contract**:
 //!   [`xxh3_partition`] — `xxh3_64(key bytes, seed 0) mod P`. Callers route
 //!   with it ([`crate::rpc::Call::key`]), owners use it
@@ -43,6 +43,10 @@
 //! - *Hand-off* (graceful): the owner stops serving `p` (unsubscribe, drain
 //!   calls in flight), runs `on_release`, then deletes `p.<N>` expecting its
 //!   own revision. Only then can the next owner's compare-and-set succeed.
+//!   A claim a node has given up is never owned again: its delete may land
+//!   late (an acknowledgement can be lost) and the node's watch may show the
+//!   claim only after it was given up, so the node deletes it (again) and
+//!   claims afresh.
 //! - *Leave* (graceful): the node hands off everything locally, then deletes
 //!   its member lease — one write that makes all its claims stale at once.
 //! - *Crash or pause*: the member lease stops being renewed. The owner's
@@ -51,7 +55,7 @@
 //!   Only the expiry marker makes the claims stale, so nobody can claim a
 //!   partition before its previous owner has stopped owning it.
 //!
-//! Why two owners are impossible: writes to `p.<N>` are serialised by
+//! **Why two owners are impossible**: writes to `p.<N>` are serialised by
 //! compare-and-set, and a node overwrites a claim `{X, e}` only after its
 //! ordered view showed `member.X` leaving epoch `e` — by X's own delete (after
 //! X released everything) or by expiry (after X's validity ended) — or after

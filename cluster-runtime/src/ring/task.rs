@@ -64,8 +64,15 @@ struct State {
     /// Partitions owned, with their claim revisions.
     owned: BTreeMap<u32, u64>,
     /// Claim sequences already acted on (claimed at, or deleted): not acted
-    /// on again until the view shows the key moved on.
+    /// on again until the view shows the key moved past them.
     tried: BTreeMap<u32, u64>,
+    /// The highest claim revision of each partition this node gave up (sent
+    /// a delete for). A claim at or below it is never owned again: the
+    /// delete may land later (its acknowledgement can be lost), and the
+    /// view may show the claim only after it was given up (the watch lags
+    /// behind this node's own writes). Such a claim is deleted and the
+    /// partition claimed afresh.
+    released: BTreeMap<u32, u64>,
     /// `on_own` failures in a row, and when claiming may resume.
     failures: u32,
     holdoff_until: Option<Instant>,
@@ -97,6 +104,7 @@ impl RingTask {
         let mut registered = self.inst.membership.registered();
         let mut generation = self.transport.generation();
         let mut watch: Option<KvWatch> = None;
+        let mut watch_retry_at: Option<Instant> = None;
         if !self.eligible {
             self.inst.set_role(Role::Stopped, None, None);
         }
@@ -104,23 +112,33 @@ impl RingTask {
             if *self.shutdown.borrow() {
                 break;
             }
-            if watch.is_none() {
+            if watch.is_none() && watch_retry_at.is_none_or(|t| Instant::now() >= t) {
                 generation.borrow_and_update();
-                match self.open_watch().await {
+                // A lease lost meanwhile (NATS unreachable) is handled at
+                // once, not after the watch gives up.
+                let opened = tokio::select! {
+                    biased;
+                    reason = lease_lost(st.lease.as_ref()) => Err(Some(reason)),
+                    opened = self.open_watch() => opened.map_err(|e| {
+                        tracing::warn!(app = %self.inst.app.name, error = %e, "cannot watch the ring; retrying");
+                        None
+                    }),
+                };
+                match opened {
                     Ok((w, view)) => {
                         watch = Some(w);
+                        watch_retry_at = None;
                         st.view = view;
                         st.complete = true;
                         st.dirty = true;
                         self.publish_table(&st);
                     }
-                    Err(e) => {
-                        tracing::warn!(app = %self.inst.app.name, error = %e, "cannot watch the ring; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                            _ = self.shutdown.changed() => {}
-                        }
+                    Err(Some(reason)) => {
+                        self.lost(&mut st, reason).await;
                         continue;
+                    }
+                    Err(None) => {
+                        watch_retry_at = Some(Instant::now() + Duration::from_millis(200));
                     }
                 }
             }
@@ -141,7 +159,7 @@ impl RingTask {
             }
 
             let timing = self.member.timing();
-            let tick = [st.holdoff_until, st.start_retry_at]
+            let tick = [st.holdoff_until, st.start_retry_at, watch_retry_at]
                 .into_iter()
                 .flatten()
                 .filter(|t| *t > Instant::now())
@@ -173,6 +191,7 @@ impl RingTask {
                             }
                             Err(_) => {
                                 watch = None;
+                                st.complete = false;
                                 break;
                             }
                         }
@@ -305,6 +324,7 @@ impl RingTask {
                 st.lease = Some(held);
                 st.last_epoch = Some(epoch);
                 st.tried.clear();
+                st.released.clear();
                 st.dirty = true;
                 self.inst.set_role(Role::Running, None, None);
                 tracing::info!(app = %self.inst.app.name, epoch, "joined the ring");
@@ -341,8 +361,11 @@ impl RingTask {
             self.hand_off(st, leaving).await;
         }
 
-        st.tried
-            .retain(|p, seq| st.view.claims.get(p).map_or(0, |c| c.seq) == *seq);
+        // Forget what the view has moved past (it may also lag behind our
+        // own writes: then keep it).
+        let seen = |p: &u32| st.view.claims.get(p).map_or(0, |c| c.seq);
+        st.tried.retain(|p, seq| seen(p) <= *seq);
+        st.released.retain(|p, rev| seen(p) <= *rev);
         let may_claim = st.holdoff_until.is_none_or(|t| Instant::now() >= t);
         let (mut adopt, mut stray, mut claim) = (Vec::new(), Vec::new(), Vec::new());
         for p in 0..self.partitions {
@@ -361,7 +384,9 @@ impl RingTask {
                 ClaimStatus::Valid {
                     owner, epoch: e, ..
                 } if owner == me && e == epoch => {
-                    if mine(p) {
+                    // Ours, not owned: a claim whose acknowledgement was
+                    // lost (adopt it), or one we gave up (delete it).
+                    if mine(p) && st.released.get(&p).is_none_or(|r| seq > *r) {
                         adopt.push((p, seq));
                     } else {
                         stray.push((p, seq));
@@ -376,6 +401,7 @@ impl RingTask {
             }
         }
         if !stray.is_empty() {
+            give_up(st, &stray);
             let results = self.writer.release(&stray).await;
             record_tried(st, &stray, &results);
         }
@@ -464,6 +490,8 @@ impl RingTask {
         self.on_release(&parts).await;
         self.inst
             .record_ownership(OwnershipChange::Release, &parts, Vec::new(), None);
+        // Invariant: a claim given up is never owned again (see `released`).
+        give_up(st, &revisions);
         let results = self.writer.release(&revisions).await;
         record_tried(st, &revisions, &results);
     }
@@ -509,8 +537,7 @@ impl RingTask {
         let parts: Vec<u32> = st.owned.keys().copied().collect();
         ring.mark_released(&parts);
         ring.set_validity(None);
-        let valid_until = clock::instant_ns(lease.validity().valid_until());
-        let late = (valid_until < clock::monotonic_ns()).then_some(valid_until);
+        let late = lapsed_at(&lease);
         self.inst.rpc.stop_partitions(parts.iter().copied()).await;
         if !parts.is_empty() {
             self.inst
@@ -530,11 +557,15 @@ impl RingTask {
     async fn leave(&self, st: &mut State, role: Role) {
         let parts: Vec<u32> = st.owned.keys().copied().collect();
         if !parts.is_empty() {
+            // A node that wakes up from a pause may find its record lapsed
+            // before it notices its lease did: it stopped owning at the
+            // lease's deadline all the same.
+            let late = st.lease.as_ref().and_then(lapsed_at);
             self.inst.rpc.stop_partitions(parts.iter().copied()).await;
             self.inst.ctx.ring().mark_released(&parts);
             self.on_release(&parts).await;
             self.inst
-                .record_ownership(OwnershipChange::Release, &parts, Vec::new(), None);
+                .record_ownership(OwnershipChange::Release, &parts, Vec::new(), late);
             st.owned.clear();
         }
         self.inst.ctx.ring().set_validity(None);
@@ -552,6 +583,20 @@ impl RingTask {
             let _ = self.inst.hook("on_stop").await;
         }
         self.inst.set_role(role, None, None);
+    }
+}
+
+/// When `lease`'s validity ended, if it already has (a paused or cut-off
+/// node notices late).
+fn lapsed_at(lease: &HeldLease) -> Option<u64> {
+    let valid_until = clock::instant_ns(lease.validity().valid_until());
+    (!lease.is_valid() && valid_until < clock::monotonic_ns()).then_some(valid_until)
+}
+
+fn give_up(st: &mut State, claims: &[(u32, u64)]) {
+    for &(p, rev) in claims {
+        let r = st.released.entry(p).or_insert(rev);
+        *r = (*r).max(rev);
     }
 }
 
