@@ -476,3 +476,79 @@ async fn nats_server_restart_converges_again_without_two_owners() {
     wait_converged(&nodes, &ids).await;
     check(&nodes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_on_release_gives_the_partitions_up_after_the_hand_off_timeout() {
+    use std::sync::Mutex;
+
+    use cluster_runtime::app::{App, Mode};
+    use cluster_runtime::config::Config;
+    use cluster_runtime::platform::Platform;
+    use cluster_testing::invariants::History;
+
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let history = Arc::new(Mutex::new(History::default()));
+    let start = |node: &'static str, hang: bool| {
+        let (url, history) = (server.url(), history.clone());
+        async move {
+            let mut c = Config::default();
+            c.nats.urls = vec![url];
+            c.node = node.into();
+            c.platform = "t".into();
+            c.health_addr = None;
+            let app = App::builder(APP)
+                .mode(Mode::Ring(16))
+                .lease_ttl(Duration::from_secs(1))
+                .handoff_timeout(Duration::from_millis(300))
+                .on_release(move |_, _| async move {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(())
+                })
+                .build()
+                .expect("app");
+            Platform::builder()
+                .config(c)
+                .app(app)
+                .on_ownership_change(move |e| {
+                    if let Ok(mut h) = history.lock() {
+                        h.ownership.push(e.clone());
+                    }
+                })
+                .start()
+                .await
+                .expect("start")
+        }
+    };
+    let owned = |p: &Platform| p.app(APP).expect("app").ring().owned().len();
+    let h1 = start("h1", true).await;
+    let end = tokio::time::Instant::now() + WAIT;
+    while owned(&h1) != 16 {
+        assert!(tokio::time::Instant::now() < end, "h1 owns everything");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // h2 joins: h1 must hand half over although its on_release never ends.
+    let h2 = start("h2", false).await;
+    let want = assign(APP, 16, &["h1", "h2"]);
+    let h2_share = want.iter().filter(|o| **o == Some(1)).count();
+    let end = tokio::time::Instant::now() + WAIT;
+    while owned(&h2) != h2_share || owned(&h1) != 16 - h2_share {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "partitions moved despite the hanging on_release: h1 {} h2 {}",
+            owned(&h1),
+            owned(&h2)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    history
+        .lock()
+        .expect("history")
+        .check_partitions(APP)
+        .expect("ring invariants");
+    h2.shutdown().await;
+    h1.shutdown().await;
+}
