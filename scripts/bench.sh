@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/tools.sh
 ensure_nats_server
 if [ $# -ne 1 ]; then
-  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover)" >&2
+  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, rpc)" >&2
   exit 2
 fi
 cargo build --release --quiet -p cluster-testing --bins

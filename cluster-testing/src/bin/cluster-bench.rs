@@ -5,6 +5,9 @@
 //! - `failover`: graceful hand-over (stepdown → new `on_active` started) and
 //!   crash failover (SIGKILL of the active process → new `on_active`), with
 //!   node processes on a real nats-server.
+//! - `rpc`: typed calls through the platform vs raw async-nats
+//!   request/reply on the same server (latency, throughput), and caller
+//!   errors across graceful hand-overs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +38,10 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match scenario.as_str() {
             "failover" => failover().await,
-            other => Err(format!("unknown scenario `{other}`; available: failover")),
+            "rpc" => rpc().await,
+            other => Err(format!(
+                "unknown scenario `{other}`; available: failover, rpc"
+            )),
         }
     });
     match result {
@@ -174,5 +180,266 @@ async fn failover() -> Result<(), String> {
         serde_json::json!({"bench": "failover.crash", "unit": "ms", "p50": round(p50), "p99": round(p99),
             "ttl_ms": ttl_ms, "trials": crash.len(), "target_p99": ttl_ms + 400})
     );
+    Ok(())
+}
+
+/// Starts an in-process node of platform `bench` serving the singleton app
+/// `echo` (method `echo` returns its argument).
+async fn echo_node(url: &str, node: &str) -> Result<cluster_runtime::Platform, String> {
+    let mut config = cluster_runtime::Config::default();
+    config.nats.urls = vec![url.to_owned()];
+    config.platform = "bench".into();
+    config.node = node.into();
+    config.health_addr = None;
+    let app = cluster_runtime::App::builder("echo")
+        .lease_ttl(Duration::from_secs(1))
+        .handle("echo", |_ctx, payload: String| async move {
+            Ok::<_, cluster_runtime::Error>(payload)
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    cluster_runtime::Platform::builder()
+        .config(config)
+        .app(app)
+        .start()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn wait_active(nodes: &[cluster_runtime::Platform]) -> Result<usize, String> {
+    for _ in 0..2000 {
+        if let Some(i) = nodes
+            .iter()
+            .position(|p| p.app("echo").is_some_and(|c| c.is_active()))
+        {
+            return Ok(i);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Err("no active echo node".into())
+}
+
+/// Sequential latency (µs) of `n` calls made by `call`.
+async fn latencies<F, Fut>(n: usize, mut call: F) -> Result<Vec<f64>, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = std::time::Instant::now();
+        call().await?;
+        out.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out)
+}
+
+/// Calls completed per second with `in_flight` concurrent callers for `for_`.
+async fn throughput<F, Fut>(in_flight: usize, for_: Duration, call: F) -> Result<f64, String>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let end = tokio::time::Instant::now() + for_;
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while tokio::time::Instant::now() < end {
+                call().await?;
+                done += 1;
+            }
+            Ok::<u64, String>(done)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(total as f64 / for_.as_secs_f64())
+}
+
+async fn rpc() -> Result<(), String> {
+    use futures::StreamExt;
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = server.url();
+    let nodes = vec![echo_node(&url, "e1").await?];
+    wait_active(&nodes).await?;
+
+    // The baseline: a raw async-nats responder and raw requests, same server,
+    // same process, same payload.
+    let responder = async_nats::connect(url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sub = responder
+        .subscribe("bench.raw")
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = responder.publish(reply, msg.payload).await;
+            }
+        }
+    });
+    let caller = async_nats::connect(url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let rpc = cluster_runtime::rpc::RpcClient::new(
+        caller.clone(),
+        Names::new("bench").map_err(|e| e.to_string())?,
+    );
+
+    for (size, label) in [(100usize, "100B"), (4096, "4KiB")] {
+        // JSON string payload of `size` bytes on the wire (quotes included).
+        let text = "x".repeat(size - 2);
+        let raw_payload = bytes::Bytes::from(serde_json::to_vec(&text).map_err(|e| e.to_string())?);
+        let n = 5000;
+        // Warm both paths first.
+        for _ in 0..200 {
+            caller
+                .request("bench.raw", raw_payload.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _: String = rpc
+                .app("echo")
+                .method("echo")
+                .send(&text)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let mut raw = latencies(n, || {
+            let (caller, p) = (caller.clone(), raw_payload.clone());
+            async move {
+                caller
+                    .request("bench.raw", p)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?;
+        let mut ours = latencies(n, || {
+            let (rpc, text) = (rpc.clone(), text.clone());
+            async move {
+                rpc.app("echo")
+                    .method("echo")
+                    .send::<String, String>(&text)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?;
+        let (p50, p99) = percentiles(&mut ours);
+        let (b50, b99) = percentiles(&mut raw);
+        let bench = if size == 100 {
+            "rpc.call".to_owned()
+        } else {
+            format!("rpc.call_{label}")
+        };
+        println!(
+            "{}",
+            serde_json::json!({"bench": bench, "unit": "us", "payload": label, "calls": n,
+                "p50": round(p50), "p99": round(p99), "baseline": "raw-nats",
+                "baseline_p50": round(b50), "baseline_p99": round(b99), "ratio_p50": round(p50 / b50),
+                "target_ratio_p50": 1.15})
+        );
+        if size == 100 {
+            let window = Duration::from_secs(5);
+            let raw_tput = throughput(32, window, {
+                let (caller, p) = (caller.clone(), raw_payload.clone());
+                move || {
+                    let (caller, p) = (caller.clone(), p.clone());
+                    async move {
+                        caller
+                            .request("bench.raw", p)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            })
+            .await?;
+            let our_tput = throughput(32, window, {
+                let (rpc, text) = (rpc.clone(), text.clone());
+                move || {
+                    let (rpc, text) = (rpc.clone(), text.clone());
+                    async move {
+                        rpc.app("echo")
+                            .method("echo")
+                            .send::<String, String>(&text)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            })
+            .await?;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "rpc.throughput", "unit": "req/s", "in_flight": 32, "seconds": 5,
+                    "value": our_tput.round(), "baseline": raw_tput.round(), "ratio": round(our_tput / raw_tput),
+                    "target_ratio": 0.85})
+            );
+        }
+    }
+
+    // Errors seen by a continuous caller across 10 graceful hand-overs.
+    let mut nodes = nodes;
+    nodes.push(echo_node(&url, "e2").await?);
+    nodes.push(echo_node(&url, "e3").await?);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = tokio::spawn({
+        let (rpc, stop) = (rpc.clone(), stop.clone());
+        async move {
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match rpc
+                    .app("echo")
+                    .method("echo")
+                    .send::<&str, String>(&"ping")
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            (ok, errors)
+        }
+    });
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let i = wait_active(&nodes).await?;
+        let ctx = nodes[i].app("echo").ok_or("no echo app")?;
+        let epoch = ctx.epoch();
+        ctx.stepdown().await.map_err(|e| e.to_string())?;
+        // Wait for another node to be active with a newer epoch.
+        for _ in 0..2000 {
+            let moved = nodes.iter().enumerate().any(|(j, p)| {
+                j != i
+                    && p.app("echo")
+                        .is_some_and(|c| c.is_active() && c.epoch() > epoch)
+            });
+            if moved {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, errors) = calls.await.map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::json!({"bench": "rpc.failover_errors", "value": errors, "calls": ok + errors,
+            "hand_overs": 10, "target": 0})
+    );
+    for p in nodes {
+        p.shutdown().await;
+    }
     Ok(())
 }
