@@ -21,6 +21,12 @@
 //! ```
 
 pub use cluster_runtime as runtime;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use cluster_macros::{app, main};
 pub use cluster_runtime::{
     App, AppContext, Config, ConfigArgs, Error, Mode, Platform, Result, Role,
 };
@@ -30,6 +36,18 @@ pub mod prelude {
     pub use cluster_runtime::app::{App, AppContext, HookResult, Mode, Role};
     pub use cluster_runtime::config::{Config, ConfigArgs};
     pub use cluster_runtime::platform::Platform;
+
+    pub use crate::__private::Partitions;
+    pub use cluster_runtime::membership::NodeRecord;
+
+    // The method attributes of an `#[cluster::app] impl` block. Inside one
+    // they are consumed by `#[cluster::app]`; anywhere else they are
+    // compile errors that say so.
+    pub use cluster_macros::{
+        handle, on_active, on_health_change, on_leader_change, on_member_join, on_member_leave,
+        on_migration_complete, on_migration_start, on_own, on_placement_invalid, on_release,
+        on_standby, on_start, on_stop,
+    };
 }
 
 /// Runs a node with `apps` as a program's `main`: reads the configuration
