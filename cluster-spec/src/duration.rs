@@ -43,8 +43,8 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             "h" => number.checked_mul(3600).map(Duration::from_secs),
             "" => {
                 return Err(format!(
-                    "`{s}` needs a unit after `{number}` ({UNITS}), e.g. \"{number}s\""
-                ))
+                "duration `{s}` has no unit after `{number}`; units: {UNITS}, e.g. \"{number}s\""
+            ))
             }
             other => return Err(format!("unknown unit `{other}` in `{s}`; allowed: {UNITS}")),
         };
@@ -74,7 +74,7 @@ mod tests {
     #[test]
     fn refuses() {
         assert!(parse("").expect_err("empty").contains("empty"));
-        assert!(parse("3").expect_err("unit").contains("needs a unit"));
+        assert!(parse("3").expect_err("unit").contains("no unit"));
         assert!(parse("3 s").is_err());
         assert!(parse("3sec").expect_err("unit").contains("unknown unit"));
         assert!(parse("s").expect_err("number").contains("whole number"));

@@ -64,6 +64,18 @@ impl Hook {
     pub fn fits(&self, mode: Mode) -> bool {
         (self.fits)(mode)
     }
+
+    /// Whether the hook fits every mode.
+    pub fn fits_every_mode(&self) -> bool {
+        [
+            Mode::Singleton,
+            Mode::Spread,
+            Mode::Replicas(1),
+            Mode::Ring(1),
+        ]
+        .into_iter()
+        .all(|m| self.fits(m))
+    }
 }
 
 fn singleton(m: Mode) -> bool {

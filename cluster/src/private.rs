@@ -107,6 +107,11 @@ impl<T> AttachNone<T> for &Probe<T> {
     }
 }
 
+/// Clones an `Arc` (generated code cannot rely on `Clone` being in scope).
+pub fn share<T: ?Sized>(app: &Arc<T>) -> Arc<T> {
+    Arc::clone(app)
+}
+
 /// Builds the runtime [`App`] of an app type: one instance of the struct,
 /// its options and its hooks.
 pub fn build_app<T: AppSpec>() -> Result<App> {
@@ -316,75 +321,108 @@ impl<'a> IntoIterator for &'a Partitions {
 }
 
 /// Marker traits: the struct side implements one per hook that fits the
-/// app's mode; the impl side calls the hook's check function with the app
+/// app's mode (hooks that fit every mode have none); the impl side calls the hook's check function with the app
 /// type, spanned at the hook attribute, so a hook that does not fit fails
 /// to compile with the message below pointing at it.
 pub mod hooks {
-    macro_rules! hook_markers {
-        ($($trait:ident $check:ident $message:literal $label:literal $note:literal;)*) => {$(
-            #[diagnostic::on_unimplemented(message = $message, label = $label, note = $note)]
-            #[doc = concat!("Implemented by apps that may have `#[", stringify!($check), "]`.")]
-            pub trait $trait {}
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_active]` fits singleton apps only, and `{Self}` is not one",
+        label = "`#[on_active]` needs a singleton app",
+        note = "only a singleton has an active instance; spread, replicas and ring instances use #[on_start] and #[on_stop]"
+    )]
+    /// Implemented by apps that may have `#[on_active]`.
+    pub trait OnActive {}
 
-            #[doc = concat!("Fails to compile unless `T` may have `#[", stringify!($check), "]`.")]
-            pub fn $check<T: ?Sized + $trait>() {}
-        )*};
-    }
+    /// Fails to compile unless `T` may have `#[on_active]`.
+    pub fn on_active<T: ?Sized + OnActive>() {}
 
-    hook_markers! {
-        OnActive on_active
-            "`#[on_active]` fits singleton apps only, and `{Self}` is not one"
-            "`#[on_active]` needs a singleton app"
-            "only a singleton has an active instance; spread, replicas and ring instances use #[on_start] and #[on_stop]";
-        OnStandby on_standby
-            "`#[on_standby]` fits singleton apps only, and `{Self}` is not one"
-            "`#[on_standby]` needs a singleton app"
-            "only a singleton has standby instances";
-        OnLeaderChange on_leader_change
-            "`#[on_leader_change]` fits singleton apps only, and `{Self}` is not one"
-            "`#[on_leader_change]` needs a singleton app"
-            "only a singleton has a leader";
-        OnStart on_start
-            "`#[on_start]` fits spread, replicas(N) or ring(P) apps only, and `{Self}` is not one"
-            "`#[on_start]` needs a spread, replicas(N) or ring(P) app"
-            "a singleton instance becomes active or standby instead: use #[on_active] and #[on_standby]";
-        OnStop on_stop
-            "`#[on_stop]` fits spread, replicas(N) or ring(P) apps only, and `{Self}` is not one"
-            "`#[on_stop]` needs a spread, replicas(N) or ring(P) app"
-            "a singleton instance becomes active or standby instead: use #[on_active] and #[on_standby]";
-        OnOwn on_own
-            "`#[on_own]` fits ring(P) apps only, and `{Self}` is not one"
-            "`#[on_own]` needs a ring(P) app"
-            "only ring apps own partitions: declare the struct with #[cluster::app(mode = \"ring(P)\")]";
-        OnRelease on_release
-            "`#[on_release]` fits ring(P) apps only, and `{Self}` is not one"
-            "`#[on_release]` needs a ring(P) app"
-            "only ring apps own partitions: declare the struct with #[cluster::app(mode = \"ring(P)\")]";
-        OnMemberJoin on_member_join
-            "`#[on_member_join]` fits cluster apps only, and `{Self}` is not one"
-            "`#[on_member_join]` needs a cluster app"
-            "every cluster app may have this hook";
-        OnMemberLeave on_member_leave
-            "`#[on_member_leave]` fits cluster apps only, and `{Self}` is not one"
-            "`#[on_member_leave]` needs a cluster app"
-            "every cluster app may have this hook";
-        OnHealthChange on_health_change
-            "`#[on_health_change]` fits cluster apps only, and `{Self}` is not one"
-            "`#[on_health_change]` needs a cluster app"
-            "every cluster app may have this hook";
-        OnMigrationStart on_migration_start
-            "`#[on_migration_start]` fits singleton or replicas(N) apps only, and `{Self}` is not one"
-            "`#[on_migration_start]` needs a singleton or replicas(N) app"
-            "only singleton and replicas(N) instances migrate between nodes; ring partitions move with #[on_own] and #[on_release]";
-        OnMigrationComplete on_migration_complete
-            "`#[on_migration_complete]` fits singleton or replicas(N) apps only, and `{Self}` is not one"
-            "`#[on_migration_complete]` needs a singleton or replicas(N) app"
-            "only singleton and replicas(N) instances migrate between nodes; ring partitions move with #[on_own] and #[on_release]";
-        OnPlacementInvalid on_placement_invalid
-            "`#[on_placement_invalid]` fits cluster apps only, and `{Self}` is not one"
-            "`#[on_placement_invalid]` needs a cluster app"
-            "every cluster app may have this hook";
-    }
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_standby]` fits singleton apps only, and `{Self}` is not one",
+        label = "`#[on_standby]` needs a singleton app",
+        note = "only a singleton has standby instances"
+    )]
+    /// Implemented by apps that may have `#[on_standby]`.
+    pub trait OnStandby {}
+
+    /// Fails to compile unless `T` may have `#[on_standby]`.
+    pub fn on_standby<T: ?Sized + OnStandby>() {}
+
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_leader_change]` fits singleton apps only, and `{Self}` is not one",
+        label = "`#[on_leader_change]` needs a singleton app",
+        note = "only a singleton has a leader"
+    )]
+    /// Implemented by apps that may have `#[on_leader_change]`.
+    pub trait OnLeaderChange {}
+
+    /// Fails to compile unless `T` may have `#[on_leader_change]`.
+    pub fn on_leader_change<T: ?Sized + OnLeaderChange>() {}
+
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_start]` fits spread, replicas(N) or ring(P) apps only, and `{Self}` is not one",
+        label = "`#[on_start]` needs a spread, replicas(N) or ring(P) app",
+        note = "a singleton instance becomes active or standby instead: use #[on_active] and #[on_standby]"
+    )]
+    /// Implemented by apps that may have `#[on_start]`.
+    pub trait OnStart {}
+
+    /// Fails to compile unless `T` may have `#[on_start]`.
+    pub fn on_start<T: ?Sized + OnStart>() {}
+
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_stop]` fits spread, replicas(N) or ring(P) apps only, and `{Self}` is not one",
+        label = "`#[on_stop]` needs a spread, replicas(N) or ring(P) app",
+        note = "a singleton instance becomes active or standby instead: use #[on_active] and #[on_standby]"
+    )]
+    /// Implemented by apps that may have `#[on_stop]`.
+    pub trait OnStop {}
+
+    /// Fails to compile unless `T` may have `#[on_stop]`.
+    pub fn on_stop<T: ?Sized + OnStop>() {}
+
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_own]` fits ring(P) apps only, and `{Self}` is not one",
+        label = "`#[on_own]` needs a ring(P) app",
+        note = "only ring apps own partitions: declare the struct with #[cluster::app(mode = \"ring(P)\")]"
+    )]
+    /// Implemented by apps that may have `#[on_own]`.
+    pub trait OnOwn {}
+
+    /// Fails to compile unless `T` may have `#[on_own]`.
+    pub fn on_own<T: ?Sized + OnOwn>() {}
+
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_release]` fits ring(P) apps only, and `{Self}` is not one",
+        label = "`#[on_release]` needs a ring(P) app",
+        note = "only ring apps own partitions: declare the struct with #[cluster::app(mode = \"ring(P)\")]"
+    )]
+    /// Implemented by apps that may have `#[on_release]`.
+    pub trait OnRelease {}
+
+    /// Fails to compile unless `T` may have `#[on_release]`.
+    pub fn on_release<T: ?Sized + OnRelease>() {}
+
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_migration_start]` fits singleton or replicas(N) apps only, and `{Self}` is not one",
+        label = "`#[on_migration_start]` needs a singleton or replicas(N) app",
+        note = "only singleton and replicas(N) instances migrate between nodes; ring partitions move with #[on_own] and #[on_release]"
+    )]
+    /// Implemented by apps that may have `#[on_migration_start]`.
+    pub trait OnMigrationStart {}
+
+    /// Fails to compile unless `T` may have `#[on_migration_start]`.
+    pub fn on_migration_start<T: ?Sized + OnMigrationStart>() {}
+
+    #[diagnostic::on_unimplemented(
+        message = "`#[on_migration_complete]` fits singleton or replicas(N) apps only, and `{Self}` is not one",
+        label = "`#[on_migration_complete]` needs a singleton or replicas(N) app",
+        note = "only singleton and replicas(N) instances migrate between nodes; ring partitions move with #[on_own] and #[on_release]"
+    )]
+    /// Implemented by apps that may have `#[on_migration_complete]`.
+    pub trait OnMigrationComplete {}
+
+    /// Fails to compile unless `T` may have `#[on_migration_complete]`.
+    pub fn on_migration_complete<T: ?Sized + OnMigrationComplete>() {}
 }
 
 /// Implemented by ring apps (key-routed handlers need one).

@@ -40,10 +40,14 @@ pub fn generate(model: &ImplModel) -> TokenStream {
 fn hook(h: &HookFn) -> TokenStream {
     let cfgs = &h.cfgs;
     let name = h.def.name;
-    let check = format_ident!("{}", name, span = h.attr_span);
-    let check = quote_spanned! {h.attr_span=>
-        ::cluster::__private::hooks::#check::<Self>()
-    };
+    // Hooks that fit every mode need no check (and so add no error when the
+    // type is not an app at all: `impl AppImpl` already reports that).
+    let check = (!universal(name)).then(|| {
+        let check = format_ident!("{}", name, span = h.attr_span);
+        quote_spanned! {h.attr_span=>
+            let () = ::cluster::__private::hooks::#check::<Self>();
+        }
+    });
 
     // `ctx` by reference, then the hook's own arguments, each spanned at the
     // user's parameter type.
@@ -57,10 +61,10 @@ fn hook(h: &HookFn) -> TokenStream {
         .zip(h.arg_spans.iter().skip(1))
         .enumerate()
     {
-        let var = format_ident!("arg{}", i);
+        let var = format_ident!("arg{}", i, span = *span);
         let ty = arg.ty();
         params.push(quote!(#var: #ty));
-        args.push(quote_spanned!(*span=> #var));
+        args.push(quote!(#var));
     }
     let method = &h.method;
     let output = quote_spanned! {h.ret_span=>
@@ -68,9 +72,9 @@ fn hook(h: &HookFn) -> TokenStream {
     };
     let closure = quote_spanned! {h.async_span=>
         {
-            let app = ::cluster::__private::Arc::clone(&app);
+            let app = ::cluster::__private::share(&app);
             move |#(#params),*| {
-                let app = ::cluster::__private::Arc::clone(&app);
+                let app = ::cluster::__private::share(&app);
                 async move {
                     let output = <Self>::#method(&*app, #(#args),*).await;
                     #output
@@ -78,10 +82,12 @@ fn hook(h: &HookFn) -> TokenStream {
             }
         }
     };
+    // The whole call is spanned at `async`: a future that is not `Send`
+    // fails the builder's bound, and that error lands there.
     let register = match h.def.runtime {
         Runtime::Builder => {
-            let builder_method = format_ident!("{}", name);
-            quote! { builder.#builder_method(#closure) }
+            let builder_method = format_ident!("{}", name, span = h.async_span);
+            quote_spanned! {h.async_span=> builder.#builder_method(#closure) }
         }
         Runtime::Later => {
             let later = if h.def.args.len() == 2 {
@@ -89,7 +95,7 @@ fn hook(h: &HookFn) -> TokenStream {
             } else {
                 quote!(later_hook)
             };
-            quote! {
+            quote_spanned! {h.async_span=>
                 ::cluster::__private::#later(
                     builder,
                     <Self as ::cluster::__private::AppSpec>::NAME,
@@ -101,8 +107,12 @@ fn hook(h: &HookFn) -> TokenStream {
     };
     quote! {
         #(#cfgs)*
-        let () = #check;
+        #check
         #(#cfgs)*
         let builder = #register;
     }
+}
+
+fn universal(hook: &str) -> bool {
+    cluster_spec::fit::hook(hook).is_some_and(|h| h.fits_every_mode())
 }

@@ -239,9 +239,8 @@ fn check_hook(
             format!("a #[{name}] hook cannot have generic parameters: {expected}"),
         );
     }
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
         Some(FnArg::Receiver(r)) if r.mutability.is_some() && r.reference.is_some() => fail(
             errors,
             r.span(),
@@ -265,6 +264,7 @@ fn check_hook(
             format!("a #[{name}] hook takes `&self` first: {expected}"),
         ),
     }
+    let inputs = sig.inputs.iter();
     let rest: Vec<&syn::PatType> = inputs
         .filter_map(|a| match a {
             FnArg::Typed(t) => Some(t),

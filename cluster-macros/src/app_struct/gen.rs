@@ -12,7 +12,7 @@ use crate::hooks::HOOKS;
 /// The code for a valid app.
 pub fn generate(model: &AppModel) -> TokenStream {
     let ident = &model.ident;
-    let builder = builder_calls(model);
+    let builder = builder_calls(model, &model.name);
     let spec = app_spec(ident, &model.name, builder);
     let markers = markers(ident, |hook| {
         cluster_spec::fit::hook_fits(hook, model.mode).is_ok()
@@ -60,9 +60,7 @@ fn app_spec(ident: &Ident, name: &str, builder: TokenStream) -> TokenStream {
             const NAME: &'static str = #name;
 
             fn __builder() -> ::cluster::__private::Result<::cluster::__private::AppBuilder> {
-                let builder = ::cluster::__private::App::builder(
-                    <Self as ::cluster::__private::AppSpec>::NAME,
-                );
+                let builder = ::cluster::__private::App::builder(#name);
                 #builder
                 ::cluster::__private::Ok(builder)
             }
@@ -82,7 +80,7 @@ fn app_spec(ident: &Ident, name: &str, builder: TokenStream) -> TokenStream {
 fn markers(ident: &Ident, fits: impl Fn(&str) -> bool) -> TokenStream {
     HOOKS
         .iter()
-        .filter(|h| fits(h.name))
+        .filter(|h| fits(h.name) && !universal(h.name))
         .map(|h| {
             let marker = format_ident!("{}", h.marker);
             quote! { impl ::cluster::__private::hooks::#marker for #ident {} }
@@ -90,7 +88,12 @@ fn markers(ident: &Ident, fits: impl Fn(&str) -> bool) -> TokenStream {
         .collect()
 }
 
-fn builder_calls(model: &AppModel) -> TokenStream {
+/// Hooks that fit every mode have no marker trait.
+fn universal(hook: &str) -> bool {
+    cluster_spec::fit::hook(hook).is_some_and(|h| h.fits_every_mode())
+}
+
+fn builder_calls(model: &AppModel, name: &str) -> TokenStream {
     let mut calls = TokenStream::new();
     let mode = match model.mode {
         Mode::Singleton => quote!(Singleton),
@@ -131,7 +134,7 @@ fn builder_calls(model: &AppModel) -> TokenStream {
         calls.extend(quote! {
             let builder = ::cluster::__private::services(
                 builder,
-                <Self as ::cluster::__private::AppSpec>::NAME,
+                #name,
                 &[#(#services),*],
             )?;
         });
