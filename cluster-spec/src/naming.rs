@@ -107,6 +107,22 @@ pub fn validate_node(name: &str) -> Result<(), NameError> {
     check("node", name)
 }
 
+/// Checks an RPC method (handler) wire name: letters, digits, `_` and `-`
+/// (it is one NATS subject token).
+pub fn validate_method(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "method name `{name}` is invalid: use letters, digits, `_` and `-` only"
+        ))
+    }
+}
+
 /// The default wire name of an app type: its Rust name in kebab-case
 /// (`Counter` → `counter`, `HttpApi` → `http-api`, `HTTPServer` →
 /// `http-server`, `Cache2` → `cache2`, `my_app` → `my-app`).
@@ -158,6 +174,15 @@ mod tests {
         assert!(validate_node("N1").is_err());
         assert!(validate_platform("prod").is_ok());
         assert!(validate_platform("pro.d").is_err());
+    }
+
+    #[test]
+    fn methods() {
+        assert!(validate_method("incr").is_ok());
+        assert!(validate_method("get-all_2").is_ok());
+        assert!(validate_method("").is_err());
+        assert!(validate_method("a.b").is_err());
+        assert!(validate_method("a b").is_err());
     }
 
     #[test]

@@ -27,6 +27,22 @@ pub use cluster_runtime as runtime;
 pub mod __private;
 
 pub use cluster_macros::{app, main};
+
+/// The typed client of app `A` (its generated `{App}Client`), calling from
+/// the app whose context is `ctx`: calls carry the caller's app and node.
+///
+/// ```ignore
+/// let n = cluster::call::<Counter>(ctx).incr(5).await?;
+/// ```
+pub fn call<A: runtime::rpc::RemoteApp>(ctx: &AppContext) -> A::Client {
+    let nats = ctx.nats().clone();
+    let names = ctx.names().clone();
+    let rpc = runtime::rpc::RpcClient::builder(nats.clone(), names.clone())
+        .caller(ctx.app(), ctx.node())
+        .build()
+        .unwrap_or_else(|_| runtime::rpc::RpcClient::new(nats, names));
+    rpc.typed::<A>()
+}
 pub use cluster_runtime::{
     App, AppContext, Config, ConfigArgs, Error, Mode, Platform, Result, Role,
 };
@@ -39,6 +55,7 @@ pub mod prelude {
 
     pub use crate::__private::Partitions;
     pub use cluster_runtime::membership::NodeRecord;
+    pub use cluster_runtime::rpc::{HandlerError, RpcError};
 
     // The method attributes of an `#[cluster::app] impl` block. Inside one
     // they are consumed by `#[cluster::app]`; anywhere else they are

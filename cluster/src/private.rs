@@ -24,6 +24,9 @@ pub use ::serde;
 pub use cluster_runtime::app::{App, AppBuilder, AppContext, HookResult, Mode};
 pub use cluster_runtime::error::{BoxError, Error, Result};
 pub use cluster_runtime::membership::NodeRecord;
+pub use cluster_runtime::rpc::{
+    self, AppRef, HandlerError, Handlers, RemoteApp, RpcError, TypedClient,
+};
 pub use core::option::Option::{self, None, Some};
 pub use core::result::Result::{Err, Ok};
 pub use std::process::ExitCode;
@@ -50,12 +53,18 @@ pub trait AppSpec: Default + Send + Sync + 'static {
 
     /// Attaches the hooks of the app's `#[cluster::app] impl` block, if any.
     fn __attach(app: Arc<Self>, builder: AppBuilder) -> AppBuilder;
+
+    /// The `#[handle]` methods of the app's impl block, if any.
+    fn __handlers(app: Arc<Self>) -> Handlers<AppContext>;
 }
 
 /// The hooks of an app: implemented by `#[cluster::app]` on the impl block.
 pub trait AppImpl: AppSpec {
     /// Attaches the hooks to the builder.
     fn __hooks(app: Arc<Self>, builder: AppBuilder) -> AppBuilder;
+
+    /// The handlers, each calling its method on `app`.
+    fn __handlers(app: Arc<Self>) -> Handlers<AppContext>;
 }
 
 /// Chooses, for a concrete app type, between its [`AppImpl`] and nothing
@@ -87,11 +96,16 @@ impl<T> std::fmt::Debug for Probe<T> {
 pub trait AttachImpl<T> {
     /// Attaches the impl block's hooks.
     fn attach(&self, app: Arc<T>, builder: AppBuilder) -> AppBuilder;
+    /// The impl block's handlers.
+    fn handlers(&self, app: Arc<T>) -> Handlers<AppContext>;
 }
 
 impl<T: AppImpl> AttachImpl<T> for Probe<T> {
     fn attach(&self, app: Arc<T>, builder: AppBuilder) -> AppBuilder {
         T::__hooks(app, builder)
+    }
+    fn handlers(&self, app: Arc<T>) -> Handlers<AppContext> {
+        <T as AppImpl>::__handlers(app)
     }
 }
 
@@ -99,11 +113,16 @@ impl<T: AppImpl> AttachImpl<T> for Probe<T> {
 pub trait AttachNone<T> {
     /// Leaves the builder as it is.
     fn attach(&self, app: Arc<T>, builder: AppBuilder) -> AppBuilder;
+    /// No handlers.
+    fn handlers(&self, app: Arc<T>) -> Handlers<AppContext>;
 }
 
 impl<T> AttachNone<T> for &Probe<T> {
     fn attach(&self, _app: Arc<T>, builder: AppBuilder) -> AppBuilder {
         builder
+    }
+    fn handlers(&self, _app: Arc<T>) -> Handlers<AppContext> {
+        Handlers::new()
     }
 }
 
@@ -112,12 +131,37 @@ pub fn share<T: ?Sized>(app: &Arc<T>) -> Arc<T> {
     Arc::clone(app)
 }
 
+/// Builds an app type's runtime [`App`] and its [`Handlers`], sharing one
+/// instance of the struct (made with `Default::default()`).
+///
+/// The handlers are served by an [`rpc::RpcServer`] with the app's
+/// [`AppContext`] as the server context; the runtime's app builder cannot
+/// take them yet (see [`build_app`]).
+pub fn build_parts<T: AppSpec>() -> Result<(App, Handlers<AppContext>)> {
+    let app = Arc::new(T::default());
+    let handlers = T::__handlers(share(&app));
+    let builder = T::__builder()?;
+    let built = T::__attach(app, builder).build()?;
+    Ok((built, handlers))
+}
+
 /// Builds the runtime [`App`] of an app type: one instance of the struct,
 /// its options and its hooks.
+///
+/// An app with `#[handle]` methods is refused: the runtime's app builder
+/// has no handler registration yet, and an app whose API nobody serves
+/// must not start as if it worked.
 pub fn build_app<T: AppSpec>() -> Result<App> {
-    let app = Arc::new(T::default());
-    let builder = T::__builder()?;
-    T::__attach(app, builder).build()
+    let (app, handlers) = build_parts::<T>()?;
+    let methods: Vec<&str> = handlers.methods().collect();
+    if !methods.is_empty() {
+        return Err(Error::config(format!(
+            "app `{}`: its #[handle] methods ({}) cannot be served yet: the runtime's app builder has no handler registration (serve them with cluster::runtime::rpc::RpcServer meanwhile)",
+            app.name(),
+            methods.join(", ")
+        )));
+    }
+    Ok(app)
 }
 
 /// An app found by `cluster::main!()`: submitted with `inventory` by every
@@ -139,6 +183,13 @@ impl Registration {
 }
 
 inventory::collect!(Registration);
+
+/// The wire names of the apps registered in this program, sorted.
+pub fn registered_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = inventory::iter::<Registration>().map(|r| r.name).collect();
+    names.sort_unstable();
+    names
+}
 
 /// The apps registered in this program, sorted by name.
 pub fn registered_apps() -> Result<Vec<App>> {
@@ -178,6 +229,50 @@ impl<E: Into<BoxError>> HookOutput for core::result::Result<(), E> {
     fn into_hook_result(self) -> HookResult {
         self.map_err(Into::into)
     }
+}
+
+/// A handler's return value: `Result<T, E>` with `T: Serialize` and an
+/// error that boxes. A [`HandlerError`] keeps its wire code, an
+/// [`RpcError`] of a nested call maps as `From<RpcError>` does, any other
+/// error becomes code `handler` with its message.
+#[diagnostic::on_unimplemented(
+    message = "a cluster handler must return `cluster::Result<T>`, not `{Self}`",
+    label = "handlers return `cluster::Result<T>` with `T: Serialize`",
+    note = "any `Result<T, E>` with `E: Into<Box<dyn std::error::Error + Send + Sync>>` works too"
+)]
+pub trait HandlerOutput {
+    /// The response type.
+    type Ok;
+    /// Converts into the RPC layer's result.
+    fn into_handler_result(self) -> core::result::Result<Self::Ok, HandlerError>;
+}
+
+impl<T, E: Into<BoxError>> HandlerOutput for core::result::Result<T, E> {
+    type Ok = T;
+    fn into_handler_result(self) -> core::result::Result<T, HandlerError> {
+        self.map_err(|e| {
+            let boxed: BoxError = e.into();
+            let boxed = match boxed.downcast::<HandlerError>() {
+                Ok(h) => return *h,
+                Err(other) => other,
+            };
+            match boxed.downcast::<RpcError>() {
+                Ok(r) => HandlerError::from(*r),
+                Err(other) => HandlerError::new(other),
+            }
+        })
+    }
+}
+
+/// Converts a handler's return value (see [`HandlerOutput`]).
+pub fn handler_output<O: HandlerOutput>(output: O) -> core::result::Result<O::Ok, HandlerError> {
+    output.into_handler_result()
+}
+
+/// The `AppRef` of a generated client (generated code cannot rely on the
+/// `TypedClient` trait being in scope).
+pub fn app_ref<C: TypedClient>(client: &C) -> &AppRef {
+    client.app_ref()
 }
 
 /// Converts a hook's return value (see [`HookOutput`]).
@@ -424,6 +519,9 @@ pub mod hooks {
     /// Fails to compile unless `T` may have `#[on_migration_complete]`.
     pub fn on_migration_complete<T: ?Sized + OnMigrationComplete>() {}
 }
+
+/// Fails to compile unless `T` is a ring app (`#[handle(key = ...)]`).
+pub fn require_ring<T: RingApp>() {}
 
 /// Implemented by ring apps (key-routed handlers need one).
 #[diagnostic::on_unimplemented(

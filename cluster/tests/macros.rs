@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cluster::__private::{build_app, registered_apps, AppSpec};
+use cluster::__private::{build_app, registered_apps, registered_names, AppSpec};
 use cluster::prelude::*;
 
 /// A counter with exactly one active instance.
@@ -91,12 +91,23 @@ fn names_and_modes_come_from_the_attribute() {
 
 #[test]
 fn inventory_finds_every_app_sorted_by_name() {
-    let apps = registered_apps().expect("registered apps build");
-    let names: Vec<&str> = apps.iter().map(|a| a.name()).collect();
     assert_eq!(
-        names,
-        ["counter", "http-api", "live-pool", "live-single", "workers"]
+        registered_names(),
+        [
+            "counter",
+            "http-api",
+            "legacy",
+            "live-pool",
+            "live-single",
+            "rpc-counter",
+            "rpc-greeter",
+            "workers"
+        ]
     );
+    // Apps with handlers cannot run through `main!` until the runtime's app
+    // builder serves handlers: refused with a message naming them.
+    let err = registered_apps().expect_err("handlers refused");
+    assert!(err.to_string().contains("#[handle]"), "{err}");
 }
 
 /// The macros check options with `cluster-spec`; the runtime builder parses
@@ -290,5 +301,211 @@ mod live {
         second.shutdown().await;
         first.shutdown().await;
         assert_eq!(STOPPED.load(Ordering::SeqCst), 2, "on_stop on both nodes");
+    }
+}
+
+/// Handlers written with `#[handle]`, called through generated clients on a
+/// real nats-server, for singleton and spread apps, and interop with apps
+/// served through the builder-level RPC API in both directions.
+///
+/// The runtime's app builder cannot take handlers yet, so this test serves
+/// the generated `Handlers` with an `RpcServer` and the app's context from
+/// the platform — what the platform will do once it serves app APIs.
+mod rpc {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use cluster::__private::build_parts;
+    use cluster::prelude::*;
+    use cluster::runtime::nats_server::{NatsServer, ServerOptions};
+    use cluster::runtime::rpc::{ApiMode, Handlers, RpcServer};
+    use serde::{Deserialize, Serialize};
+
+    #[cluster::app(mode = "singleton", name = "rpc-counter")]
+    #[derive(Debug, Default)]
+    pub struct Counter {
+        value: AtomicU64,
+    }
+
+    #[cluster::app]
+    impl Counter {
+        /// Adds `by` and returns the new value.
+        #[handle]
+        async fn incr(&self, _ctx: &AppContext, by: u64) -> cluster::Result<u64> {
+            Ok(self.value.fetch_add(by, Ordering::SeqCst) + by)
+        }
+
+        #[handle(name = "current")]
+        async fn get(&self, _ctx: &AppContext) -> cluster::Result<u64> {
+            Ok(self.value.load(Ordering::SeqCst))
+        }
+
+        #[handle]
+        async fn fail(&self, _ctx: &AppContext, why: String) -> Result<(), HandlerError> {
+            Err(HandlerError::bad_request(why))
+        }
+
+        /// Calls the builder-API app `legacy` through its generated client.
+        #[handle]
+        // `Result<_, HandlerError>`: a failed nested call keeps its code.
+        // (`?` into `cluster::Result` needs `From<RpcError> for cluster::Error`,
+        // which the runtime does not have yet.)
+        async fn relay(&self, ctx: &AppContext, text: String) -> Result<String, HandlerError> {
+            Ok(cluster::call::<Legacy>(ctx).shout(text).await?)
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Greeting {
+        pub name: String,
+        pub excited: bool,
+    }
+
+    #[cluster::app(mode = "spread", name = "rpc-greeter")]
+    #[derive(Debug, Default)]
+    pub struct Greeter;
+
+    #[cluster::app]
+    impl Greeter {
+        #[handle]
+        async fn greet(&self, ctx: &AppContext, g: Greeting) -> cluster::Result<String> {
+            let bang = if g.excited { "!" } else { "." };
+            Ok(format!("hello {}{bang} (from {})", g.name, ctx.node()))
+        }
+    }
+
+    /// The typed view of an app served without macros (below).
+    #[cluster::app(mode = "singleton", name = "legacy")]
+    #[derive(Debug, Default)]
+    pub struct Legacy;
+
+    #[cluster::app]
+    impl Legacy {
+        #[handle]
+        async fn shout(&self, _ctx: &AppContext, text: String) -> cluster::Result<String> {
+            Ok(text.to_uppercase())
+        }
+    }
+
+    fn config(url: &str, node: &str) -> Config {
+        let mut c = Config::default();
+        c.nats.urls = vec![url.to_owned()];
+        c.node = node.to_owned();
+        c.platform = "rpc".into();
+        c.health_addr = None;
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn generated_clients_call_generated_and_builder_handlers() {
+        let server = NatsServer::start(ServerOptions::default())
+            .await
+            .expect("nats-server (set NATS_SERVER_BIN or run scripts/test.sh once)");
+
+        let (counter_app, counter_handlers) = build_parts::<Counter>().expect("counter");
+        let (greeter_app, greeter_handlers) = build_parts::<Greeter>().expect("greeter");
+        assert_eq!(
+            counter_handlers.methods().collect::<Vec<_>>(),
+            ["current", "fail", "incr", "relay"]
+        );
+        // `main!` refuses an app whose handlers the runtime cannot serve yet.
+        let refused = cluster::__private::build_app::<Counter>().expect_err("refused");
+        assert!(refused.to_string().contains("#[handle]"), "{refused}");
+
+        // The builder-level app: a plain name, plain Handlers, no macros.
+        let legacy_app = App::builder("legacy").build().expect("legacy");
+        let platform = Platform::builder()
+            .config(config(&server.url(), "r1"))
+            .app(counter_app)
+            .app(greeter_app)
+            .app(legacy_app)
+            .start()
+            .await
+            .expect("platform starts");
+        let ctx = |app: &str| platform.app(app).expect("app context");
+
+        let serve = |app: &str, handlers: Handlers<AppContext>| {
+            let ctx = ctx(app);
+            let node = ctx.node().to_owned();
+            RpcServer::new(
+                ctx.nats().clone(),
+                ctx.names().clone(),
+                app,
+                &node,
+                handlers,
+                ctx,
+            )
+            .expect("server")
+        };
+        let counter_server = serve("rpc-counter", counter_handlers);
+        counter_server.start().await.expect("start");
+        counter_server
+            .serve_api(ApiMode::Exclusive)
+            .await
+            .expect("serve");
+        let greeter_server = serve("rpc-greeter", greeter_handlers);
+        greeter_server.start().await.expect("start");
+        greeter_server
+            .serve_api(ApiMode::Pool)
+            .await
+            .expect("serve");
+        let legacy_handlers =
+            Handlers::new().handle("shout", |_ctx: AppContext, text: String| async move {
+                Ok::<_, HandlerError>(format!("{}!", text.to_uppercase()))
+            });
+        let legacy_server = serve("legacy", legacy_handlers);
+        legacy_server.start().await.expect("start");
+        legacy_server
+            .serve_api(ApiMode::Exclusive)
+            .await
+            .expect("serve");
+
+        // Typed calls through generated clients.
+        let caller = ctx("legacy");
+        let counter = cluster::call::<Counter>(&caller);
+        assert_eq!(counter.incr(5).await.expect("incr"), 5);
+        assert_eq!(counter.incr(2).await.expect("incr"), 7);
+        assert_eq!(counter.get().await.expect("current"), 7);
+        let err = counter.fail("no".into()).await.expect_err("fails");
+        assert_eq!(
+            err.code(),
+            cluster::runtime::rpc::ErrorCode::BadRequest,
+            "{err}"
+        );
+        let greeting = Greeting {
+            name: "ada".into(),
+            excited: true,
+        };
+        assert_eq!(
+            cluster::call::<Greeter>(&caller)
+                .greet(greeting.clone())
+                .await
+                .expect("greet"),
+            "hello ada! (from r1)"
+        );
+
+        // A macro handler calls the builder app through a generated client...
+        assert_eq!(counter.relay("hi".into()).await.expect("relay"), "HI!");
+        // ...and an untyped builder-level call reaches a macro handler.
+        let rpc =
+            cluster::runtime::rpc::RpcClient::new(caller.nats().clone(), caller.names().clone());
+        let n: u64 = rpc
+            .app("rpc-counter")
+            .method("incr")
+            .send(&1u64)
+            .await
+            .expect("untyped incr");
+        assert_eq!(n, 8);
+        let text: String = rpc
+            .app("rpc-greeter")
+            .method("greet")
+            .send(&greeting)
+            .await
+            .expect("untyped greet");
+        assert!(text.starts_with("hello ada!"), "{text}");
+
+        for s in [&counter_server, &greeter_server, &legacy_server] {
+            s.shutdown().await;
+        }
+        platform.shutdown().await;
     }
 }

@@ -10,12 +10,24 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::parse::{HookFn, ImplModel};
+use super::parse::{HandlerFn, HookFn, ImplModel};
 use crate::hooks::Runtime;
 
 pub fn generate(model: &ImplModel) -> TokenStream {
     let hooks = model.hooks.iter().map(hook);
+    let handlers = model.handlers.iter().map(handler);
+    let client_methods = model.handlers.iter().map(client_method);
     let self_ty = &model.self_ty;
+    // Only with handlers: an impl block of a type that is not an app then
+    // adds no "no such type `XClient`" error to "not a cluster app".
+    let client = (!model.handlers.is_empty()).then(|| {
+        let client = client_path(self_ty);
+        quote! {
+            impl #client {
+                #(#client_methods)*
+            }
+        }
+    });
     // Spanned at the type: "`X` is not a cluster app" lands on `impl X`.
     let header = quote_spanned! {self_ty.span()=>
         impl ::cluster::__private::AppImpl for #self_ty
@@ -32,9 +44,122 @@ pub fn generate(model: &ImplModel) -> TokenStream {
                     let _ = &app;
                     builder
                 }
+
+                fn __handlers(
+                    app: ::cluster::__private::Arc<Self>,
+                ) -> ::cluster::__private::Handlers<::cluster::__private::AppContext> {
+                    let handlers = ::cluster::__private::Handlers::new();
+                    #(#handlers)*
+                    let _ = &app;
+                    handlers
+                }
             }
+
+            #client
         };
     }
+}
+
+/// `{App}Client` next to the app type's path (`a::Counter` → `a::CounterClient`).
+fn client_path(self_ty: &syn::Type) -> TokenStream {
+    match self_ty {
+        syn::Type::Path(p) => {
+            let mut path = p.path.clone();
+            if let Some(last) = path.segments.last_mut() {
+                last.ident = format_ident!("{}Client", last.ident);
+                last.arguments = syn::PathArguments::None;
+            }
+            quote!(#path)
+        }
+        other => quote!(#other),
+    }
+}
+
+/// Registers one handler: decode the request, call the method with the
+/// app's context, encode the response. Spanned at `async` (a `!Send`
+/// future), the request type (not `Deserialize`) and the return type.
+fn handler(h: &HandlerFn) -> TokenStream {
+    let cfgs = &h.cfgs;
+    let wire = &h.wire;
+    let method = &h.method;
+    let ring_check = h.key.as_ref().map(|(span, _)| {
+        quote_spanned! {*span=>
+            let () = ::cluster::__private::require_ring::<Self>();
+        }
+    });
+    let ctx_arg = quote_spanned!(h.ctx_span=> &__ctx);
+    let (param, arg) = match &h.request {
+        Some((name, ty)) => (quote!(#name: #ty), quote!(, #name)),
+        None => (quote!(_: ()), TokenStream::new()),
+    };
+    let ret_span = h.ret.span();
+    let output = quote_spanned! {ret_span=>
+        ::cluster::__private::handler_output(__output)
+    };
+    let register = quote_spanned! {h.async_span=>
+        handlers.handle(#wire, {
+            let __app = ::cluster::__private::share(&app);
+            move |__ctx: ::cluster::__private::AppContext, #param| {
+                let __app = ::cluster::__private::share(&__app);
+                async move {
+                    let __output = <Self>::#method(&*__app, #ctx_arg #arg).await;
+                    #output
+                }
+            }
+        })
+    };
+    quote! {
+        #(#cfgs)*
+        #ring_check
+        #(#cfgs)*
+        let handlers = #register;
+    }
+}
+
+/// The client method of one handler: same name, the request as its only
+/// argument, the response or an `RpcError`.
+fn client_method(h: &HandlerFn) -> TokenStream {
+    let cfgs = &h.cfgs;
+    let docs = &h.docs;
+    let wire = &h.wire;
+    let method = &h.method;
+    let resp = response_type(&h.ret);
+    let key = h.key.as_ref().map(|(_, expr)| quote!(.key(&(#expr))));
+    let (param, send) = match &h.request {
+        Some((name, ty)) => (quote!(#name: #ty), quote!(&#name)),
+        None => (TokenStream::new(), quote!(&())),
+    };
+    let note = format!(" Calls `{wire}` on the app (routed by its mode).");
+    quote! {
+        #(#cfgs)*
+        #(#docs)*
+        #[doc = ""]
+        #[doc = #note]
+        pub async fn #method(&self, #param) -> ::cluster::__private::Result<#resp, ::cluster::__private::RpcError> {
+            ::cluster::__private::app_ref(self)
+                .method(#wire)
+                #key
+                .send(#send)
+                .await
+        }
+    }
+}
+
+/// `T` of `Result<T>` / `Result<T, E>` as written, else the projection
+/// through `HandlerOutput` (type aliases).
+fn response_type(ret: &syn::Type) -> TokenStream {
+    if let syn::Type::Path(p) = ret {
+        if let Some(last) = p.path.segments.last() {
+            if last.ident == "Result" {
+                if let syn::PathArguments::AngleBracketed(args) = &last.arguments {
+                    if let Some(syn::GenericArgument::Type(t)) = args.args.first() {
+                        return quote!(#t);
+                    }
+                }
+            }
+        }
+    }
+    quote!(<#ret as ::cluster::__private::HandlerOutput>::Ok)
 }
 
 fn hook(h: &HookFn) -> TokenStream {

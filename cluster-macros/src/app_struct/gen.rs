@@ -5,13 +5,19 @@
 use cluster_spec::Mode;
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
+use syn::Visibility;
 
 use super::model::{AppModel, ServiceModel};
 use crate::hooks::HOOKS;
 
 /// The code for a valid app.
-pub fn generate(model: &AppModel) -> TokenStream {
+pub fn generate(model: &AppModel, vis: &Visibility) -> TokenStream {
     let ident = &model.ident;
+    let partitions = match model.mode {
+        Mode::Ring(p) => Some(p),
+        _ => None,
+    };
+    let (client, remote) = client(ident, vis, &model.name, partitions);
     let builder = builder_calls(model, &model.name);
     let spec = app_spec(ident, &model.name, builder);
     let markers = markers(ident, |hook| {
@@ -21,8 +27,10 @@ pub fn generate(model: &AppModel) -> TokenStream {
         quote! { impl ::cluster::__private::RingApp for #ident {} }
     });
     quote! {
+        #client
         const _: () = {
             #spec
+            #remote
             #markers
             #ring
             ::cluster::__private::inventory::submit! {
@@ -35,13 +43,16 @@ pub fn generate(model: &AppModel) -> TokenStream {
 /// The code for an app whose options have errors: the same traits, with
 /// every hook allowed and no registration, so the only errors the user
 /// sees are the ones about the options.
-pub fn fallback(ident: &Ident) -> TokenStream {
+pub fn fallback(ident: &Ident, vis: &Visibility) -> TokenStream {
     let name = cluster_spec::naming::kebab_case(&ident.to_string());
     let spec = app_spec(ident, &name, TokenStream::new());
     let markers = markers(ident, |_| true);
+    let (client, remote) = client(ident, vis, &name, None);
     quote! {
+        #client
         const _: () = {
             #spec
+            #remote
             #markers
             impl ::cluster::__private::RingApp for #ident {}
         };
@@ -73,8 +84,58 @@ fn app_spec(ident: &Ident, name: &str, builder: TokenStream) -> TokenStream {
                 use ::cluster::__private::{AttachImpl as _, AttachNone as _};
                 (&::cluster::__private::Probe::<Self>::new()).attach(app, builder)
             }
+
+            fn __handlers(
+                app: ::cluster::__private::Arc<Self>,
+            ) -> ::cluster::__private::Handlers<::cluster::__private::AppContext> {
+                #[allow(unused_imports)]
+                use ::cluster::__private::{AttachImpl as _, AttachNone as _};
+                (&::cluster::__private::Probe::<Self>::new()).handlers(app)
+            }
         }
     }
+}
+
+/// The app's public `{App}Client` (with the struct's visibility) and, for
+/// the `const _` block, its `TypedClient` and the app's `RemoteApp` impls.
+fn client(
+    ident: &Ident,
+    vis: &Visibility,
+    name: &str,
+    partitions: Option<u32>,
+) -> (TokenStream, TokenStream) {
+    let client = format_ident!("{}Client", ident);
+    let doc = format!(
+        "The typed client of [`{ident}`] (app `{name}`): one method per `#[handle]` method. Get one with `cluster::call::<{ident}>(ctx)`."
+    );
+    let partitions = match partitions {
+        Some(p) => quote!(::cluster::__private::Some(#p)),
+        None => quote!(::cluster::__private::None),
+    };
+    let public = quote! {
+        #[doc = #doc]
+        #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+        #vis struct #client(::cluster::__private::AppRef);
+    };
+    let impls = quote! {
+        #[automatically_derived]
+        impl ::cluster::__private::TypedClient for #client {
+            fn from_app(app: ::cluster::__private::AppRef) -> Self {
+                #client(app)
+            }
+            fn app_ref(&self) -> &::cluster::__private::AppRef {
+                &self.0
+            }
+        }
+
+        #[automatically_derived]
+        impl ::cluster::__private::RemoteApp for #ident {
+            const NAME: &'static str = #name;
+            const PARTITIONS: ::cluster::__private::Option<u32> = #partitions;
+            type Client = #client;
+        }
+    };
+    (public, impls)
 }
 
 fn markers(ident: &Ident, fits: impl Fn(&str) -> bool) -> TokenStream {

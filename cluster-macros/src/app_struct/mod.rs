@@ -24,8 +24,8 @@ pub fn expand(args: TokenStream, item: ItemStruct) -> TokenStream {
     }
     let model = parse::parse(args, &item.ident, &mut errors);
     let generated = match model {
-        Some(model) if errors.is_empty() => gen::generate(&model),
-        _ if item.generics.params.is_empty() => gen::fallback(&item.ident),
+        Some(model) if errors.is_empty() => gen::generate(&model, &item.vis),
+        _ if item.generics.params.is_empty() => gen::fallback(&item.ident, &item.vis),
         _ => TokenStream::new(),
     };
     let errors = errors.to_compile_errors();
