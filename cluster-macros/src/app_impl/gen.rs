@@ -126,21 +126,26 @@ fn client_method(h: &HandlerFn) -> TokenStream {
     let resp = response_type(&h.ret);
     let key = h.key.as_ref().map(|(_, expr)| quote!(.key(&(#expr))));
     let (param, send) = match &h.request {
-        Some((name, ty)) => (quote!(#name: #ty), quote!(&#name)),
-        None => (TokenStream::new(), quote!(&())),
+        Some((name, ty)) => (quote!(#name: #ty), quote_spanned!(h.method.span()=> &#name)),
+        None => (TokenStream::new(), quote_spanned!(h.method.span()=> &())),
     };
     let note = format!(" Calls `{wire}` on the app (routed by its mode).");
+    // Spanned at the handler's name: a request or response type the client
+    // cannot encode or decode is reported there.
+    let body = quote_spanned! {h.method.span()=>
+        ::cluster::__private::app_ref(self)
+            .method(#wire)
+            #key
+            .send(#send)
+            .await
+    };
     quote! {
         #(#cfgs)*
         #(#docs)*
         #[doc = ""]
         #[doc = #note]
         pub async fn #method(&self, #param) -> ::cluster::__private::Result<#resp, ::cluster::__private::RpcError> {
-            ::cluster::__private::app_ref(self)
-                .method(#wire)
-                #key
-                .send(#send)
-                .await
+            #body
         }
     }
 }
@@ -159,7 +164,7 @@ fn response_type(ret: &syn::Type) -> TokenStream {
             }
         }
     }
-    quote!(<#ret as ::cluster::__private::HandlerOutput>::Ok)
+    quote_spanned!(ret.span()=> <#ret as ::cluster::__private::HandlerOutput>::Ok)
 }
 
 fn hook(h: &HookFn) -> TokenStream {

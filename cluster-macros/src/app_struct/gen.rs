@@ -118,6 +118,19 @@ fn client(
         #vis struct #client(::cluster::__private::AppRef);
     };
     let impls = quote! {
+        impl #client {
+            /// The same client, calling the app on platform `platform`
+            /// (across a leaf connection).
+            pub fn on_platform(&self, platform: &str) -> Self {
+                ::cluster::__private::TypedClient::on_platform(self, platform)
+            }
+
+            /// The same client with deadline `deadline` for its calls.
+            pub fn with_deadline(&self, deadline: ::cluster::__private::Duration) -> Self {
+                ::cluster::__private::TypedClient::with_deadline(self, deadline)
+            }
+        }
+
         #[automatically_derived]
         impl ::cluster::__private::TypedClient for #client {
             fn from_app(app: ::cluster::__private::AppRef) -> Self {
