@@ -22,77 +22,15 @@ use crate::naming::{self, Names};
 use crate::placement::Placement;
 use crate::rpc::{AppRef, Handlers, RpcClient};
 
-/// How many instances of an app run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// One active instance, the other eligible nodes stand by.
-    Singleton,
-    /// An instance on every eligible node.
-    Spread,
-    /// Instances on N eligible nodes.
-    Replicas(u32),
-    /// Every eligible node, P partitions split among them.
-    Ring(u32),
-}
-
-impl Mode {
-    /// Parses `singleton`, `spread`, `replicas(N)` (N ≥ 1) or `ring(P)` (P a
-    /// power of two, 1–4096).
-    ///
-    /// ```
-    /// use cluster_runtime::app::Mode;
-    /// assert_eq!(Mode::parse("replicas(2)"), Ok(Mode::Replicas(2)));
-    /// assert!(Mode::parse("ring(100)").is_err());
-    /// ```
-    pub fn parse(s: &str) -> std::result::Result<Mode, String> {
-        let s = s.trim();
-        let arg = |name: &str| -> Option<std::result::Result<u32, String>> {
-            let inner = s.strip_prefix(name)?.strip_prefix('(')?.strip_suffix(')')?;
-            Some(
-                inner
-                    .trim()
-                    .parse::<u32>()
-                    .map_err(|_| format!("`{inner}` in `{s}` is not a whole number")),
-            )
-        };
-        match s {
-            "singleton" => return Ok(Mode::Singleton),
-            "spread" => return Ok(Mode::Spread),
-            _ => {}
-        }
-        if let Some(n) = arg("replicas") {
-            let n = n?;
-            if n == 0 {
-                return Err("replicas(N) needs N ≥ 1".into());
-            }
-            return Ok(Mode::Replicas(n));
-        }
-        if let Some(p) = arg("ring") {
-            let p = p?;
-            if !(1..=4096).contains(&p) || !p.is_power_of_two() {
-                return Err(format!(
-                    "ring(P) needs P a power of two between 1 and 4096, got {p}"
-                ));
-            }
-            return Ok(Mode::Ring(p));
-        }
-        Err(format!(
-            "unknown mode `{s}`; allowed: singleton, spread, replicas(N), ring(P)"
-        ))
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Mode::Singleton => f.write_str("singleton"),
-            Mode::Spread => f.write_str("spread"),
-            Mode::Replicas(n) => write!(f, "replicas({n})"),
-            Mode::Ring(p) => write!(f, "ring({p})"),
-        }
-    }
-}
+/// How many instances of an app run: `singleton`, `spread`, `replicas(N)`,
+/// `ring(P)` (the grammar is `cluster-spec`'s, shared with the macros).
+///
+/// ```
+/// use cluster_runtime::app::Mode;
+/// assert_eq!(Mode::parse("replicas(2)"), Ok(Mode::Replicas(2)));
+/// assert!(Mode::parse("ring(100)").is_err());
+/// ```
+pub use cluster_spec::Mode;
 
 /// What an app instance is doing on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +146,11 @@ impl App {
         self.mode
     }
 
+    /// The names of the methods the app serves, sorted.
+    pub fn methods(&self) -> impl Iterator<Item = &str> {
+        self.handlers.methods()
+    }
+
     /// The lease timings of a singleton.
     pub fn lease_timing(&self) -> LeaseTiming {
         self.lease
@@ -312,6 +255,16 @@ impl AppBuilder {
                 .push(format!("method `{method}` is registered twice"));
         } else {
             self.handlers = self.handlers.handle(method, f);
+        }
+        self
+    }
+
+    /// Adds a whole registry of handlers (what `#[cluster::app]` generates
+    /// for the `#[handle]` methods of an impl block).
+    pub fn handlers(mut self, handlers: Handlers<AppContext>) -> Self {
+        for duplicate in self.handlers.merge(handlers) {
+            self.handler_errors
+                .push(format!("method `{duplicate}` is registered twice"));
         }
         self
     }
@@ -702,28 +655,6 @@ impl AppContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mode_grammar() {
-        assert_eq!(Mode::parse("singleton"), Ok(Mode::Singleton));
-        assert_eq!(Mode::parse("spread"), Ok(Mode::Spread));
-        assert_eq!(Mode::parse("replicas(3)"), Ok(Mode::Replicas(3)));
-        assert_eq!(Mode::parse("ring(64)"), Ok(Mode::Ring(64)));
-        assert!(Mode::parse("replicas(0)")
-            .expect_err("zero")
-            .contains("N ≥ 1"));
-        assert!(Mode::parse("ring(100)")
-            .expect_err("pow2")
-            .contains("power of two"));
-        assert!(Mode::parse("ring(8192)").is_err());
-        assert!(Mode::parse("leader")
-            .expect_err("unknown")
-            .contains("allowed"));
-        assert!(Mode::parse("replicas(x)").is_err());
-        for m in ["singleton", "spread", "replicas(2)", "ring(64)"] {
-            assert_eq!(Mode::parse(m).map(|m| m.to_string()).as_deref(), Ok(m));
-        }
-    }
 
     #[test]
     fn builder_validates() {

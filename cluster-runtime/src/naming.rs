@@ -7,82 +7,10 @@
 
 use std::fmt;
 
-/// App names that would collide with platform-wide resources.
-pub const RESERVED_APP_NAMES: &[&str] = &[
-    "nodes",
-    "platform",
-    "placement",
-    "services",
-    "events",
-    "audit",
-];
-
-/// Why a name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    /// The name is empty.
-    #[error("{kind} name must not be empty")]
-    Empty {
-        /// What was being named (`platform`, `app`, `node`).
-        kind: &'static str,
-    },
-    /// The name contains a character outside the allowed set.
-    #[error(
-        "{kind} name `{name}` is invalid: use only lowercase letters, digits and `-` ([a-z0-9-]+)"
-    )]
-    Invalid {
-        /// What was being named.
-        kind: &'static str,
-        /// The refused name.
-        name: String,
-    },
-    /// The app name collides with a platform resource.
-    #[error("app name `{name}` is reserved (reserved: nodes, platform, placement, services, events, audit)")]
-    Reserved {
-        /// The refused name.
-        name: String,
-    },
-}
-
-fn is_token(name: &str) -> bool {
-    name.bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-fn check(kind: &'static str, name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty { kind });
-    }
-    if !is_token(name) {
-        return Err(NameError::Invalid {
-            kind,
-            name: name.to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// Validates a platform name.
-pub fn validate_platform(name: &str) -> Result<(), NameError> {
-    check("platform", name)
-}
-
-/// Validates an app name (also refusing reserved names).
-pub fn validate_app(name: &str) -> Result<(), NameError> {
-    check("app", name)?;
-    if RESERVED_APP_NAMES.contains(&name) {
-        return Err(NameError::Reserved {
-            name: name.to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// Validates a node id. Node ids become subject tokens and KV keys, so they
-/// follow the same rule as app names (hostnames are lowercased by the config).
-pub fn validate_node(name: &str) -> Result<(), NameError> {
-    check("node", name)
-}
+// Name validation is the spec grammar, shared with the macros.
+pub use cluster_spec::naming::{
+    validate_app, validate_node, validate_platform, NameError, RESERVED_APP_NAMES,
+};
 
 /// The names belonging to one platform.
 ///

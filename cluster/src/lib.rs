@@ -35,13 +35,7 @@ pub use cluster_macros::{app, main};
 /// let n = cluster::call::<Counter>(ctx).incr(5).await?;
 /// ```
 pub fn call<A: runtime::rpc::RemoteApp>(ctx: &AppContext) -> A::Client {
-    let nats = ctx.nats().clone();
-    let names = ctx.names().clone();
-    let rpc = runtime::rpc::RpcClient::builder(nats.clone(), names.clone())
-        .caller(ctx.app(), ctx.node())
-        .build()
-        .unwrap_or_else(|_| runtime::rpc::RpcClient::new(nats, names));
-    rpc.typed::<A>()
+    ctx.rpc().typed::<A>()
 }
 pub use cluster_runtime::{
     App, AppContext, Config, ConfigArgs, Error, Mode, Platform, Result, Role,

@@ -131,37 +131,14 @@ pub fn share<T: ?Sized>(app: &Arc<T>) -> Arc<T> {
     Arc::clone(app)
 }
 
-/// Builds an app type's runtime [`App`] and its [`Handlers`], sharing one
-/// instance of the struct (made with `Default::default()`).
-///
-/// The handlers are served by an [`rpc::RpcServer`] with the app's
-/// [`AppContext`] as the server context; the runtime's app builder cannot
-/// take them yet (see [`build_app`]).
-pub fn build_parts<T: AppSpec>() -> Result<(App, Handlers<AppContext>)> {
+/// Builds the runtime [`App`] of an app type: one instance of the struct
+/// (made with `Default::default()`), shared by its options, hooks and
+/// `#[handle]` methods.
+pub fn build_app<T: AppSpec>() -> Result<App> {
     let app = Arc::new(T::default());
     let handlers = T::__handlers(share(&app));
     let builder = T::__builder()?;
-    let built = T::__attach(app, builder).build()?;
-    Ok((built, handlers))
-}
-
-/// Builds the runtime [`App`] of an app type: one instance of the struct,
-/// its options and its hooks.
-///
-/// An app with `#[handle]` methods is refused: the runtime's app builder
-/// has no handler registration yet, and an app whose API nobody serves
-/// must not start as if it worked.
-pub fn build_app<T: AppSpec>() -> Result<App> {
-    let (app, handlers) = build_parts::<T>()?;
-    let methods: Vec<&str> = handlers.methods().collect();
-    if !methods.is_empty() {
-        return Err(Error::config(format!(
-            "app `{}`: its #[handle] methods ({}) cannot be served yet: the runtime's app builder has no handler registration (serve them with cluster::runtime::rpc::RpcServer meanwhile)",
-            app.name(),
-            methods.join(", ")
-        )));
-    }
-    Ok(app)
+    T::__attach(app, builder).handlers(handlers).build()
 }
 
 /// An app found by `cluster::main!()`: submitted with `inventory` by every

@@ -70,6 +70,6 @@ async fn clients(ctx: &AppContext) -> Result<(), RpcError> {
 }
 
 fn main() {
-    let (_, handlers) = cluster::__private::build_parts::<Counter>().expect("builds");
-    assert_eq!(handlers.methods().collect::<Vec<_>>(), ["forward", "incr", "value"]);
+    let app = cluster::__private::build_app::<Counter>().expect("builds");
+    assert_eq!(app.methods().collect::<Vec<_>>(), ["forward", "incr", "value"]);
 }
