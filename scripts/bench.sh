@@ -11,4 +11,8 @@ if [ $# -ne 1 ]; then
   exit 2
 fi
 cargo build --release --quiet -p cluster-testing --bins
-exec ./target/release/cluster-bench "$1"
+./target/release/cluster-bench "$1"
+if [ "$1" = rpc ]; then
+  # The generated-client line needs the macros, which live in `cluster`.
+  cargo run --release --quiet -p cluster --example typed_bench
+fi

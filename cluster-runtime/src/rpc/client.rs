@@ -214,7 +214,7 @@ impl RpcClient {
                 caller_app: None,
                 caller_node: None,
                 codec: Codec::Json,
-                default_deadline: Duration::from_secs(5),
+                default_deadline: wire::DEFAULT_DEADLINE,
                 partitioner: xxh3_partition,
                 fencing: None,
                 backoff_initial: Duration::from_millis(2),
@@ -231,7 +231,7 @@ impl RpcClient {
             caller_app: None,
             caller_node: None,
             codec: Codec::Json,
-            default_deadline: Duration::from_secs(5),
+            default_deadline: wire::DEFAULT_DEADLINE,
             partitioner: xxh3_partition,
             fencing: None,
             backoff_initial: Duration::from_millis(2),
@@ -541,13 +541,18 @@ impl Call {
         })
     }
 
-    fn headers(&self, p: &Prepared, remaining: Duration) -> HeaderMap {
+    /// The request headers; `remaining` is `None` when the server's default
+    /// deadline is the call's (first attempt with the default budget), so a
+    /// plain call carries no header at all and takes the server's fast path.
+    fn headers(&self, p: &Prepared, remaining: Option<Duration>) -> HeaderMap {
         let inner = &self.app.client.inner;
         let mut h = HeaderMap::new();
-        // Round up so a sub-millisecond remainder is not sent as "expired";
-        // the caller enforces its own deadline anyway.
-        let ms = remaining.as_micros().div_ceil(1000);
-        h.insert(wire::name::TIMEOUT_MS, ms.to_string());
+        if let Some(remaining) = remaining {
+            // Round up so a sub-millisecond remainder is not sent as
+            // "expired"; the caller enforces its own deadline anyway.
+            let ms = remaining.as_micros().div_ceil(1000);
+            h.insert(wire::name::TIMEOUT_MS, ms.to_string());
+        }
         if let Some(trace) = &p.trace {
             h.insert(wire::name::TRACEPARENT, trace.as_str());
         }
@@ -609,15 +614,18 @@ impl Call {
                     }
                 });
             }
-            let headers = self.headers(p, remaining);
+            let default_budget = attempts == 0 && p.budget == wire::DEFAULT_DEADLINE;
+            let headers = self.headers(p, (!default_budget).then_some(remaining));
             if attempts == 0 {
                 self.check_size(p, &headers, &payload)?;
             }
             attempts += 1;
-            let request = async_nats::Request::new()
-                .headers(headers)
+            let mut request = async_nats::Request::new()
                 .payload(payload.clone())
                 .timeout(Some(remaining));
+            if !headers.is_empty() {
+                request = request.headers(headers);
+            }
             let err = match inner.client.send_request(p.subject.clone(), request).await {
                 Ok(msg) => return Ok(msg),
                 Err(err) => err,
@@ -781,7 +789,7 @@ impl Broadcast {
         let window = self
             .window
             .min(p.deadline.saturating_duration_since(Instant::now()));
-        let headers = self.call.headers(p, window);
+        let headers = self.call.headers(p, Some(window));
         self.call.check_size(p, &headers, &payload)?;
         let transport = |e: &dyn fmt::Display| RpcError::Transport {
             subject: p.subject.clone(),

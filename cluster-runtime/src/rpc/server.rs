@@ -73,7 +73,7 @@ impl Default for ServerOptions {
         ServerOptions {
             max_in_flight: 256,
             drain_timeout: Duration::from_secs(5),
-            default_timeout: Duration::from_secs(5),
+            default_timeout: wire::DEFAULT_DEADLINE,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             description: String::new(),
         }

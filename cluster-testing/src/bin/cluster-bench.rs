@@ -219,19 +219,30 @@ async fn wait_active(nodes: &[cluster_runtime::Platform]) -> Result<usize, Strin
     Err("no active echo node".into())
 }
 
-/// Sequential latency (µs) of `n` calls made by `call`.
-async fn latencies<F, Fut>(n: usize, mut call: F) -> Result<Vec<f64>, String>
+/// Sequential latencies (µs) of `n` calls of `a` and `n` calls of `b`,
+/// interleaved call by call so that load from anything else on the machine
+/// hits both sides alike.
+async fn interleaved_latencies<A, FA, B, FB>(
+    n: usize,
+    mut a: A,
+    mut b: B,
+) -> Result<(Vec<f64>, Vec<f64>), String>
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    A: FnMut() -> FA,
+    FA: std::future::Future<Output = Result<(), String>>,
+    B: FnMut() -> FB,
+    FB: std::future::Future<Output = Result<(), String>>,
 {
-    let mut out = Vec::with_capacity(n);
+    let (mut la, mut lb) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
         let start = std::time::Instant::now();
-        call().await?;
-        out.push(start.elapsed().as_secs_f64() * 1e6);
+        a().await?;
+        la.push(start.elapsed().as_secs_f64() * 1e6);
+        let start = std::time::Instant::now();
+        b().await?;
+        lb.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    Ok(out)
+    Ok((la, lb))
 }
 
 /// Calls completed per second with `in_flight` concurrent callers for `for_`.
@@ -258,6 +269,28 @@ where
         total += t.await.map_err(|e| e.to_string())??;
     }
     Ok(total as f64 / for_.as_secs_f64())
+}
+
+/// Throughput of `a` and `b` (calls/s), measured in alternating one-second
+/// windows (`seconds` each) so both see the same background load.
+async fn interleaved_throughput<A, FA, B, FB>(
+    in_flight: usize,
+    seconds: u32,
+    a: A,
+    b: B,
+) -> Result<(f64, f64), String>
+where
+    A: Fn() -> FA + Clone + Send + 'static,
+    FA: std::future::Future<Output = Result<(), String>> + Send,
+    B: Fn() -> FB + Clone + Send + 'static,
+    FB: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let (mut ta, mut tb) = (0.0, 0.0);
+    for _ in 0..seconds {
+        ta += throughput(in_flight, Duration::from_secs(1), a.clone()).await?;
+        tb += throughput(in_flight, Duration::from_secs(1), b.clone()).await?;
+    }
+    Ok((ta / f64::from(seconds), tb / f64::from(seconds)))
 }
 
 async fn rpc() -> Result<(), String> {
@@ -311,28 +344,30 @@ async fn rpc() -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let mut raw = latencies(n, || {
-            let (caller, p) = (caller.clone(), raw_payload.clone());
-            async move {
-                caller
-                    .request("bench.raw", p)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await?;
-        let mut ours = latencies(n, || {
-            let (rpc, text) = (rpc.clone(), text.clone());
-            async move {
-                rpc.app("echo")
-                    .method("echo")
-                    .send::<String, String>(&text)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        })
+        let (mut raw, mut ours) = interleaved_latencies(
+            n,
+            || {
+                let (caller, p) = (caller.clone(), raw_payload.clone());
+                async move {
+                    caller
+                        .request("bench.raw", p)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            },
+            || {
+                let (rpc, text) = (rpc.clone(), text.clone());
+                async move {
+                    rpc.app("echo")
+                        .method("echo")
+                        .send::<String, String>(&text)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
         .await?;
         let (p50, p99) = percentiles(&mut ours);
         let (b50, b99) = percentiles(&mut raw);
@@ -349,35 +384,37 @@ async fn rpc() -> Result<(), String> {
                 "target_ratio_p50": 1.15})
         );
         if size == 100 {
-            let window = Duration::from_secs(5);
-            let raw_tput = throughput(32, window, {
-                let (caller, p) = (caller.clone(), raw_payload.clone());
-                move || {
-                    let (caller, p) = (caller.clone(), p.clone());
-                    async move {
-                        caller
-                            .request("bench.raw", p)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
+            let (raw_tput, our_tput) = interleaved_throughput(
+                32,
+                5,
+                {
+                    let (caller, p) = (caller.clone(), raw_payload.clone());
+                    move || {
+                        let (caller, p) = (caller.clone(), p.clone());
+                        async move {
+                            caller
+                                .request("bench.raw", p)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
                     }
-                }
-            })
-            .await?;
-            let our_tput = throughput(32, window, {
-                let (rpc, text) = (rpc.clone(), text.clone());
-                move || {
+                },
+                {
                     let (rpc, text) = (rpc.clone(), text.clone());
-                    async move {
-                        rpc.app("echo")
-                            .method("echo")
-                            .send::<String, String>(&text)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
+                    move || {
+                        let (rpc, text) = (rpc.clone(), text.clone());
+                        async move {
+                            rpc.app("echo")
+                                .method("echo")
+                                .send::<String, String>(&text)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
                     }
-                }
-            })
+                },
+            )
             .await?;
             println!(
                 "{}",
