@@ -388,6 +388,8 @@ struct Prepared {
     subject: String,
     budget: Duration,
     deadline: Instant,
+    /// The deadline is an inbound call's (shorter than `budget` allows).
+    capped: bool,
     codec: Codec,
     trace: Option<String>,
     fencing: Option<u64>,
@@ -516,7 +518,9 @@ impl Call {
             .unwrap_or(inner.default_deadline);
         let mut deadline = Instant::now() + budget;
         let current = RequestInfo::current();
+        let mut capped = false;
         if let Some(info) = &current {
+            capped = info.deadline() < deadline;
             deadline = deadline.min(info.deadline());
         }
         // Without a trace to continue, none is sent: the server starts one
@@ -534,6 +538,7 @@ impl Call {
             subject,
             budget,
             deadline,
+            capped,
             codec: self.app.codec.unwrap_or(inner.codec),
             trace,
             fencing,
@@ -614,7 +619,7 @@ impl Call {
                     }
                 });
             }
-            let default_budget = attempts == 0 && p.budget == wire::DEFAULT_DEADLINE;
+            let default_budget = attempts == 0 && p.budget == wire::DEFAULT_DEADLINE && !p.capped;
             let headers = self.headers(p, (!default_budget).then_some(remaining));
             if attempts == 0 {
                 self.check_size(p, &headers, &payload)?;
