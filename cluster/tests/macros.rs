@@ -101,6 +101,7 @@ fn inventory_finds_every_app_sorted_by_name() {
             "live-single",
             "rpc-counter",
             "rpc-greeter",
+            "rpc-workers",
             "workers"
         ]
     );
@@ -281,6 +282,18 @@ mod rpc {
         }
     }
 
+    #[cluster::app(mode = "replicas(2)", name = "rpc-workers")]
+    #[derive(Debug, Default)]
+    pub struct Workers;
+
+    #[cluster::app]
+    impl Workers {
+        #[handle]
+        async fn square(&self, _ctx: &AppContext, n: u64) -> cluster::Result<u64> {
+            Ok(n * n)
+        }
+    }
+
     /// The typed view of an app served without macros (below).
     #[cluster::app(mode = "singleton", name = "legacy")]
     #[derive(Debug, Default)]
@@ -311,6 +324,7 @@ mod rpc {
 
         let counter_app = build_app::<Counter>().expect("counter");
         let greeter_app = build_app::<Greeter>().expect("greeter");
+        let workers_app = build_app::<Workers>().expect("workers");
         // The builder-level app: a plain name and a plain handler, no macros.
         let legacy_app = App::builder("legacy")
             .handle("shout", |_ctx, text: String| async move {
@@ -322,6 +336,7 @@ mod rpc {
             .config(config(&server.url(), "r1"))
             .app(counter_app)
             .app(greeter_app)
+            .app(workers_app)
             .app(legacy_app)
             .start()
             .await
@@ -352,6 +367,14 @@ mod rpc {
                 .await
                 .expect("greet"),
             "hello ada! (from r1)"
+        );
+
+        assert_eq!(
+            cluster::call::<Workers>(&caller)
+                .square(7)
+                .await
+                .expect("square"),
+            49
         );
 
         // A macro handler calls the builder app through a generated client...
