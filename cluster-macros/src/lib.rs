@@ -8,10 +8,10 @@
 //! a validated model (collecting every error of the item), then generates
 //! code from the model:
 //!
-//! - [`app_struct`] — `#[cluster::app(...)]` on a struct;
-//! - [`app_impl`] — `#[cluster::app]` on the app's impl block;
-//! - [`main_macro`] — `cluster::main!`;
-//! - [`stray`] — the method attributes used where they do not belong.
+//! - `app_struct` — `#[cluster::app(...)]` on a struct;
+//! - `app_impl` — `#[cluster::app]` on the app's impl block;
+//! - `main_macro` — `cluster::main!`;
+//! - `stray` — the method attributes used where they do not belong.
 //!
 //! The grammars (mode, placement, names, durations, ops options) are the
 //! runtime's own, from `cluster-spec`.
