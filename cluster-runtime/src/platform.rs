@@ -222,7 +222,12 @@ impl PlatformBuilder {
                 rpc: rpc.clone(),
                 seen_leader: std::sync::Mutex::new(None),
             });
-            register_app_check(&observe.health, &app.name, state_rx.clone());
+            tasks.push(tokio::spawn(app_check(
+                observe.health.clone(),
+                app.name.clone(),
+                state_rx.clone(),
+                shutdown_rx.clone(),
+            )));
             if app.hooks.on_health_change.is_some() || app.step_down_on_critical {
                 tasks.push(tokio::spawn(health_hooks(
                     inst.clone(),
@@ -696,22 +701,32 @@ fn register_nats_check(health: &Health, transport: &Transport) {
 }
 
 /// The built-in check of one app (named after it): passes once the app has
-/// a role on this node.
-fn register_app_check(health: &Health, app: &str, state: watch::Receiver<AppState>) {
-    health.register(
-        app,
-        Check::with_detail(move || {
-            let s = state.borrow().clone();
-            async move {
-                match (s.role, s.epoch) {
-                    (Role::Pending, _) => Err("starting: role not decided yet".to_owned()),
-                    (Role::Active, Some(epoch)) => Ok(format!("active, epoch {epoch}")),
-                    (role, _) => Ok(role.to_string()),
-                }
+/// a role on this node; updated on every role change.
+async fn app_check(
+    health: Health,
+    app: String,
+    mut state: watch::Receiver<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (role, epoch) = {
+            let s = state.borrow_and_update();
+            (s.role, s.epoch)
+        };
+        match (role, epoch) {
+            (Role::Pending, _) => {
+                health.report(&app, false, "starting: role not decided yet", false)
             }
-        })
-        .interval(Duration::from_secs(2)),
-    );
+            (Role::Active, Some(epoch)) => {
+                health.report(&app, true, format!("active, epoch {epoch}"), false)
+            }
+            (role, _) => health.report(&app, true, role.to_string(), false),
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            _ = until_set(&mut shutdown) => return,
+        }
+    }
 }
 
 /// Keeps `gc_members_total` current and audits joins and leaves. Every

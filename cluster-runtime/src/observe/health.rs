@@ -201,7 +201,7 @@ impl Health {
                 name.clone(),
                 CheckStatus {
                     ok: false,
-                    message: "not run yet".into(),
+                    message: NOT_RUN.into(),
                     critical,
                 },
             );
@@ -215,6 +215,12 @@ impl Health {
                 old.abort();
             }
         }
+    }
+
+    /// Sets the outcome of check `name` directly (a check driven by events
+    /// rather than by polling, like the built-in app checks).
+    pub fn report(&self, name: &str, ok: bool, message: impl Into<String>, critical: bool) {
+        self.inner.apply(name, ok, message.into(), critical);
     }
 
     /// Stops and removes check `name`.
@@ -276,8 +282,42 @@ pub(crate) fn first_critical_failure(
         .map(|(n, s)| (n.clone(), s.message.clone()))
 }
 
+impl Inner {
+    /// Records one outcome: metric, status, and a change event when the
+    /// check starts passing or failing (or reports for the first time).
+    fn apply(&self, name: &str, ok: bool, message: String, critical: bool) {
+        self.metrics.set_health(&self.node, name, ok);
+        let status = CheckStatus {
+            ok,
+            message: message.clone(),
+            critical,
+        };
+        let mut first_or_flipped = false;
+        self.statuses.send_if_modified(|m| {
+            let previous = m.insert(name.to_owned(), status.clone());
+            first_or_flipped = previous
+                .as_ref()
+                .is_none_or(|p| p.ok != ok || p.message == NOT_RUN);
+            previous.as_ref() != Some(&status)
+        });
+        if first_or_flipped {
+            if !ok {
+                tracing::info!(check = %name, ok, %message, "health check failing");
+            }
+            let _ = self.changes.send(HealthChange {
+                check: name.to_owned(),
+                ok,
+                message,
+                critical,
+            });
+        }
+    }
+}
+
+/// The message of a check registered but not run yet.
+const NOT_RUN: &str = "not run yet";
+
 async fn run_check(inner: std::sync::Weak<Inner>, name: String, check: Check) {
-    let mut last: Option<bool> = None;
     loop {
         let outcome = match tokio::time::timeout(check.timeout, (check.probe)()).await {
             Ok(r) => r,
@@ -288,29 +328,7 @@ async fn run_check(inner: std::sync::Weak<Inner>, name: String, check: Check) {
         let message = match outcome {
             Ok(m) | Err(m) => m,
         };
-        inner.metrics.set_health(&inner.node, &name, ok);
-        let status = CheckStatus {
-            ok,
-            message: message.clone(),
-            critical: check.critical,
-        };
-        inner.statuses.send_if_modified(|m| {
-            let changed = m.get(&name) != Some(&status);
-            m.insert(name.clone(), status);
-            changed
-        });
-        if last != Some(ok) {
-            if last.is_some() || !ok {
-                tracing::info!(check = %name, ok, %message, "health check changed");
-            }
-            let _ = inner.changes.send(HealthChange {
-                check: name.clone(),
-                ok,
-                message,
-                critical: check.critical,
-            });
-            last = Some(ok);
-        }
+        inner.apply(&name, ok, message, check.critical);
         drop(inner);
         tokio::time::sleep(check.interval).await;
     }
