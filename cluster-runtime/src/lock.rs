@@ -1,4 +1,4 @@
-//! Distributed locks on the [`lease`](crate::lease) primitive: `ctx.lock(name)`
+//! Distributed locks on the [`lease`] primitive: `ctx.lock(name)`
 //! (in the app's coordination bucket `P_A_coord`) and `platform.lock(name)`
 //! (in `P_platform`).
 //!

@@ -16,7 +16,7 @@
 //! The W3C `traceparent` travels in NATS headers (see `docs/rpc.md`): a call
 //! made inside a handler carries the handler's trace id, so a chain of calls
 //! across apps shares one `trace_id` field. With the cargo feature `otel`,
-//! [`otel`] exports the spans to an OTLP collector and parents server spans
+//! `observe::otel` exports the spans to an OTLP collector and parents server spans
 //! on the caller's `traceparent`.
 
 pub mod audit;
