@@ -235,6 +235,8 @@ impl Locks {
                 return w.clone();
             }
         }
+        // Forget watchers whose task has ended.
+        watchers.retain(|_, w| w.ready.has_changed().is_ok());
         let (events, _) = broadcast::channel(64);
         let (ready_tx, ready) = watch::channel(false);
         let w = KeyWatcher {

@@ -36,6 +36,9 @@ fn counter() -> cluster_runtime::app::AppBuilder {
         .handle("incr", |_ctx, by: u64| async move {
             Ok::<_, cluster_runtime::Error>(by + 1)
         })
+        .handle("fail", |_ctx, (): ()| async move {
+            Err::<(), _>(cluster_runtime::rpc::HandlerError::new("always fails"))
+        })
 }
 
 async fn start(url: &str, platform: &str, node: &str, app: App) -> Platform {
@@ -375,6 +378,15 @@ async fn metrics_from_three_nodes_parse_and_gc_leader_sums_to_one() {
         .await
         .expect("call");
     assert_eq!(n, 42);
+    let failed = nodes[(first + 1) % 3]
+        .app(APP)
+        .expect("ctx")
+        .call(APP)
+        .method("fail")
+        .send::<_, ()>(&())
+        .await
+        .expect_err("handler error");
+    assert_eq!(failed.code().as_str(), "handler");
 
     let addrs: Vec<_> = nodes
         .iter()
@@ -427,6 +439,21 @@ async fn metrics_from_three_nodes_parse_and_gc_leader_sums_to_one() {
         ),
         1.0
     );
+    // Errors are counted by code on both sides.
+    let errors = |s: &[Sample], side: &str| {
+        sum(
+            s,
+            "gc_rpc_errors_total",
+            &[
+                ("app", APP),
+                ("method", "fail"),
+                ("side", side),
+                ("code", "handler"),
+            ],
+        )
+    };
+    assert_eq!(errors(caller, "client"), 1.0);
+    assert_eq!(errors(&settled[first], "server"), 1.0);
     // /metrics is also served on the health address.
     let health = nodes[0].health_addr().expect("health addr");
     let (status, body) = http_get(health.port(), "/metrics").await.expect("GET");
@@ -548,4 +575,116 @@ async fn failing_critical_check_unreadies_the_node_and_steps_the_singleton_down(
     for p in nodes {
         p.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_failover_is_audited_once_by_the_observers() {
+    use cluster_runtime::naming::Names;
+    use cluster_runtime::observe::{Audit, AuditOptions, Metrics};
+    use cluster_testing::node::{NodeSpec, Nodes};
+
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let url = server.url();
+    let bin = env!("CARGO_BIN_EXE_cluster-test-node");
+    let specs = ["k1", "k2", "k3"]
+        .iter()
+        .map(|id| {
+            let mut s = NodeSpec::new(bin, id, &url);
+            s.platform = "crash".into();
+            s.tick_ms = 0;
+            s
+        })
+        .collect();
+    let mut nodes = Nodes::start(specs).await.expect("nodes");
+    let old = nodes.wait_for_active(APP, WAIT).await.expect("active");
+    nodes
+        .wait_until(WAIT, || {
+            (nodes.with_role(APP, Role::Standby).len() == 2).then_some(())
+        })
+        .await
+        .expect("two standbys");
+
+    let client = async_nats::connect(&url).await.expect("client");
+    let js = async_nats::jetstream::new(client.clone());
+    let names = Names::new("crash").expect("names");
+    let audit = Audit::start(
+        &client,
+        &js,
+        &names,
+        "tester",
+        Metrics::new("crash").expect("metrics"),
+        &AuditOptions::default(),
+        1,
+    )
+    .await
+    .expect("audit")
+    .scoped(None);
+
+    nodes.get(&old).expect("active node").kill();
+    let new = nodes
+        .wait_until(WAIT, || {
+            let active = nodes.with_role(APP, Role::Active);
+            (active.len() == 1 && active[0] != old).then(|| active[0].clone())
+        })
+        .await
+        .expect("new active");
+
+    let entries = wait_until("three election entries", async || {
+        let got = audit
+            .query(AuditFilter::new().app(APP).category("election"))
+            .await
+            .expect("query");
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.action.as_str(),
+                e.data["leader"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("election.leader_acquired", old.as_str()),
+            ("election.leader_lost", old.as_str()),
+            ("election.leader_acquired", new.as_str()),
+        ],
+        "{entries:#?}"
+    );
+    // The killed node could not report its loss: an observer did, once.
+    assert_eq!(entries[1].data["reported_as"], "observed");
+    assert_ne!(entries[1].node, old);
+    assert_eq!(entries[1].data["epoch"], entries[0].data["epoch"]);
+    assert!(entries[2].data["epoch"].as_u64() > entries[0].data["epoch"].as_u64());
+
+    // Its record expires: one `member.left`, whoever saw it.
+    let left = wait_until("member.left", async || {
+        let got = audit
+            .query(AuditFilter::new().platform_wide().category("member"))
+            .await
+            .expect("query");
+        let left: Vec<AuditEntry> = got
+            .into_iter()
+            .filter(|e| e.action == "member.left")
+            .collect();
+        (!left.is_empty()).then_some(left)
+    })
+    .await;
+    // Give a second observer's duplicate time to arrive (and be dropped).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = audit
+        .query(AuditFilter::new().platform_wide().category("member"))
+        .await
+        .expect("query");
+    let left_again = again.iter().filter(|e| e.action == "member.left").count();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left_again, 1, "{again:#?}");
+    assert_eq!(left[0].data["member"], old.as_str());
+    nodes.history().check(APP).expect("invariants");
 }
