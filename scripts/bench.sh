@@ -2,12 +2,13 @@
 # Runs one benchmark scenario and prints JSON lines (DESIGN §6). Benchmarks
 # are not tests: figures go to docs/benchmarks.md, never into assertions.
 #   scripts/bench.sh failover
+#   scripts/bench.sh data
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/tools.sh
 ensure_nats_server
 if [ $# -ne 1 ]; then
-  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, rpc)" >&2
+  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, rpc, data)" >&2
   exit 2
 fi
 cargo build --release --quiet -p cluster-testing --bins

@@ -16,9 +16,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{BoxError, Error, Result};
+use crate::kv::{Kv, KvOptions};
 use crate::lease::{LeaseTiming, Validity};
+use crate::lock::{Lock, LockError, Locks};
 use crate::membership::NodeRecord;
 use crate::naming::{self, Names};
+use crate::observe::{AppAudit, AppHealth, HealthChange, Metrics, Observe};
 use crate::placement::Placement;
 use crate::rpc::{AppRef, Handlers, RpcClient};
 
@@ -68,6 +71,8 @@ type LeaderHook =
     Arc<dyn Fn(AppContext, Option<String>) -> BoxFuture<'static, HookResult> + Send + Sync>;
 type MemberHook =
     Arc<dyn Fn(AppContext, NodeRecord) -> BoxFuture<'static, HookResult> + Send + Sync>;
+type HealthHook =
+    Arc<dyn Fn(AppContext, HealthChange) -> BoxFuture<'static, HookResult> + Send + Sync>;
 
 /// The lifecycle hooks of an app. Each is optional.
 #[derive(Clone, Default)]
@@ -79,6 +84,7 @@ pub(crate) struct Hooks {
     pub(crate) on_leader_change: Option<LeaderHook>,
     pub(crate) on_member_join: Option<MemberHook>,
     pub(crate) on_member_leave: Option<MemberHook>,
+    pub(crate) on_health_change: Option<HealthHook>,
 }
 
 /// A validated app spec, ready to be run by a [`Platform`](crate::platform::Platform).
@@ -91,6 +97,8 @@ pub struct App {
     pub(crate) hook_timeout: Duration,
     pub(crate) hooks: Hooks,
     pub(crate) handlers: Handlers<AppContext>,
+    pub(crate) kv: KvOptions,
+    pub(crate) step_down_on_critical: bool,
 }
 
 impl fmt::Debug for App {
@@ -133,6 +141,8 @@ impl App {
             ops: OpsOptions::default(),
             handlers: Handlers::new(),
             handler_errors: Vec::new(),
+            kv: KvOptions::default(),
+            step_down_on_critical: false,
         }
     }
 
@@ -170,6 +180,8 @@ pub struct AppBuilder {
     ops: OpsOptions,
     handlers: Handlers<AppContext>,
     handler_errors: Vec<String>,
+    kv: KvOptions,
+    step_down_on_critical: bool,
 }
 
 /// Data and ops options whose runtime parts arrive with later issues. They
@@ -368,6 +380,31 @@ impl AppBuilder {
         self
     }
 
+    /// How the app's KV bucket `P_A` is created (replicas, storage,
+    /// history); see [`KvOptions`].
+    pub fn kv(mut self, options: KvOptions) -> Self {
+        self.kv = options;
+        self
+    }
+
+    /// When a critical health check fails on this node, the active instance
+    /// of this singleton steps down so a healthy node takes over (default
+    /// off).
+    pub fn step_down_on_critical(mut self, yes: bool) -> Self {
+        self.step_down_on_critical = yes;
+        self
+    }
+
+    /// Runs when a health check of this node starts passing or failing.
+    pub fn on_health_change<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext, HealthChange) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_health_change = Some(Arc::new(move |ctx, change| Box::pin(f(ctx, change))));
+        self
+    }
+
     /// Validates and builds the app. Every problem names the setting.
     pub fn build(self) -> Result<App> {
         naming::validate_app(&self.name)?;
@@ -414,6 +451,15 @@ impl AppBuilder {
             (None, None) => Ok(LeaseTiming::default()),
         }
         .map_err(|e| Error::config(format!("app `{}`: {e}", self.name)))?;
+        self.kv
+            .validate()
+            .map_err(|e| Error::config(format!("app `{}`: {e}", self.name)))?;
+        if self.step_down_on_critical && self.mode != Mode::Singleton {
+            return Err(Error::config(format!(
+                "app `{}`: step_down_on_critical needs mode singleton (this app is {})",
+                self.name, self.mode
+            )));
+        }
         if self.hook_timeout.is_zero() {
             return Err(Error::config(format!(
                 "app `{}`: hook_timeout must be > 0",
@@ -428,6 +474,8 @@ impl AppBuilder {
             hook_timeout: self.hook_timeout,
             hooks: self.hooks,
             handlers: self.handlers,
+            kv: self.kv,
+            step_down_on_critical: self.step_down_on_critical,
         })
     }
 }
@@ -441,6 +489,15 @@ pub struct AppState {
     pub leader: Option<String>,
     /// The epoch (fencing token) of the current leader, if known.
     pub epoch: Option<u64>,
+}
+
+/// The data and observability parts of a context, made by the platform.
+#[derive(Debug, Clone)]
+pub(crate) struct ContextData {
+    pub(crate) observe: Observe,
+    pub(crate) kv: KvOptions,
+    /// Replicas of buckets that set none (3 on a ≥ 3-server NATS cluster).
+    pub(crate) replicas: usize,
 }
 
 /// Requests from user code to the app's pattern task.
@@ -469,6 +526,11 @@ struct ContextInner {
     labels: BTreeMap<String, String>,
     rpc: RpcClient,
     events: crate::events::Events,
+    kv: Kv,
+    locks: Locks,
+    audit: AppAudit,
+    health: AppHealth,
+    observe: Observe,
 }
 
 /// The fencing token while `validity` holds: read at every outgoing call.
@@ -510,13 +572,33 @@ impl AppContext {
         state: watch::Receiver<AppState>,
         commands: mpsc::Sender<AppCommand>,
         labels: BTreeMap<String, String>,
+        data: ContextData,
     ) -> Result<Self> {
         let validity: Arc<Mutex<Option<Validity>>> = Arc::new(Mutex::new(None));
         let (token_validity, token_state) = (validity.clone(), state.clone());
         let rpc = RpcClient::builder(transport.client().clone(), names.clone())
             .caller(&app, &node)
             .fencing_token_source(move || current_token(&token_validity, &token_state))
+            .metrics(data.observe.metrics.rpc())
             .build()?;
+        let kv = Kv::new(
+            transport.jetstream().clone(),
+            names.app_kv_bucket(&app),
+            data.kv,
+            data.replicas,
+        );
+        let audit = data.observe.audit.scoped(Some(&app));
+        let locks = Locks::with_observe(
+            transport.jetstream().clone(),
+            names.clone(),
+            names.app_coord_bucket(&app),
+            data.replicas,
+            Some(&app),
+            &node,
+            Some(audit.clone()),
+            Some(data.observe.metrics.clone()),
+        );
+        let health = data.observe.health.for_app(&app);
         let events =
             crate::events::Events::new(transport.client().clone(), names.clone(), &app, &node)
                 .map_err(|e| Error::config(e.to_string()))?;
@@ -533,8 +615,17 @@ impl AppContext {
                 labels,
                 rpc,
                 events,
+                kv,
+                locks,
+                audit,
+                health,
+                observe: data.observe,
             }),
         })
+    }
+
+    pub(crate) fn observe(&self) -> &Observe {
+        &self.inner.observe
     }
 
     pub(crate) fn set_validity(&self, validity: Option<Validity>) {
@@ -634,6 +725,34 @@ impl AppContext {
     /// The app's events: publish, subscribe, durable subscriptions.
     pub fn events(&self) -> &crate::events::Events {
         &self.inner.events
+    }
+
+    /// The app's own KV bucket (`P_A`). No method reaches another app's
+    /// bucket.
+    pub fn kv(&self) -> &Kv {
+        &self.inner.kv
+    }
+
+    /// The app's lock `name` (in `P_A_coord`). Fails only for an invalid
+    /// name, before any I/O.
+    pub fn lock(&self, name: &str) -> std::result::Result<Lock, LockError> {
+        self.inner.locks.lock(name)
+    }
+
+    /// The audit log, writing as this app and node.
+    pub fn audit(&self) -> &AppAudit {
+        &self.inner.audit
+    }
+
+    /// This app's health checks (and the node's).
+    pub fn health(&self) -> &AppHealth {
+        &self.inner.health
+    }
+
+    /// The node's metrics: register your own on
+    /// [`Metrics::registry`] to have them served at `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.observe.metrics
     }
 
     /// The platform's NATS names.

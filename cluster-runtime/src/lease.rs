@@ -213,6 +213,7 @@ impl LeaseKey {
     /// Tries to become the holder, expecting the key's last sequence to be
     /// `expected_seq` (from [`read`](Self::read) or a watch event). Returns
     /// `None` when someone else got there first.
+    #[tracing::instrument(name = "lease.acquire", level = "debug", skip_all, fields(key = %self.key, expected_seq))]
     pub async fn try_acquire(&self, expected_seq: u64, value: Bytes) -> Result<Option<HeldLease>> {
         let sent = Instant::now();
         match self
@@ -410,6 +411,7 @@ impl HeldLease {
 
     /// Stops renewing and deletes the key with the expected revision so
     /// successors see the delete at once. The caller demotes first.
+    #[tracing::instrument(name = "lease.release", level = "debug", skip_all, fields(key = %self.key.key, epoch = self.epoch))]
     pub async fn release(&self) -> Result<()> {
         self.validity.mark_lost();
         if let Some(stop) = self.stop_tx.lock().await.take() {

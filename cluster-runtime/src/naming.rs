@@ -12,6 +12,11 @@ pub use cluster_spec::naming::{
     validate_app, validate_node, validate_platform, NameError, RESERVED_APP_NAMES,
 };
 
+/// The app token of platform-wide audit entries (`P._.audit._.ACTION`):
+/// membership changes and platform locks belong to no app. App names never
+/// contain `_`, so it cannot collide.
+pub const PLATFORM_SCOPE: &str = "_";
+
 /// The names belonging to one platform.
 ///
 /// ```
@@ -117,6 +122,13 @@ impl Names {
         "election"
     }
 
+    /// Key of lock `name` inside a coordination bucket (`P_A_coord` for app
+    /// locks, `P_platform` for platform locks). The `lock.` prefix keeps
+    /// locks apart from the election key and partition claims.
+    pub fn lock_key(&self, name: &str) -> String {
+        format!("lock.{name}")
+    }
+
     // ---- subjects ----------------------------------------------------------
 
     /// Call an app method: the active (singleton) or any instance (pool).
@@ -172,6 +184,26 @@ impl Names {
     /// An audit entry.
     pub fn audit_subject(&self, app: &str, action: &str) -> String {
         format!("{}._.audit.{}.{}", self.platform, app, action)
+    }
+
+    /// Wildcard covering every audit entry (the subjects of `P_audit`).
+    pub fn audit_wildcard(&self) -> String {
+        format!("{}._.audit.>", self.platform)
+    }
+
+    /// Audit subjects of one app (or every app: `None`) and one category (or
+    /// every category). Platform-wide entries use the app token
+    /// [`PLATFORM_SCOPE`].
+    pub fn audit_filter(&self, app: Option<&str>, category: Option<&str>) -> String {
+        match (app, category) {
+            (None, None) => self.audit_wildcard(),
+            (app, category) => format!(
+                "{}._.audit.{}.{}.>",
+                self.platform,
+                app.unwrap_or("*"),
+                category.unwrap_or("*")
+            ),
+        }
     }
 
     /// An operator command sent by the CLI to the nodes.
@@ -259,6 +291,16 @@ mod tests {
             "prod._.audit.cache.started"
         );
         assert_eq!(n.control_subject("stepdown"), "prod._.control.stepdown");
+        assert_eq!(n.lock_key("jobs"), "lock.jobs");
+        assert_eq!(n.audit_wildcard(), "prod._.audit.>");
+        assert_eq!(
+            n.audit_filter(Some("cache"), None),
+            "prod._.audit.cache.*.>"
+        );
+        assert_eq!(
+            n.audit_filter(None, Some("election")),
+            "prod._.audit.*.election.>"
+        );
         assert_eq!(n.app_events_wildcard("cache"), "prod.cache.events.>");
         assert_eq!(n.platform_events_wildcard(), "prod._.events.>");
         assert_eq!(n.platform_events_consumer("cache", "audit"), "cache_audit");

@@ -48,6 +48,8 @@ use super::handler::is_method_name;
 use super::request::{RequestInfo, TraceContext};
 use super::wire::{self, ErrorBody, ErrorCode};
 use crate::naming::{self, NameError, Names};
+use crate::observe::{RpcMetrics, Side};
+use tracing::Instrument;
 
 /// A partition function: key bytes and partition count → partition.
 pub type PartitionFn = fn(&[u8], u32) -> u32;
@@ -89,6 +91,7 @@ struct ClientInner {
     fencing: Option<FencingSource>,
     backoff_initial: Duration,
     backoff_max: Duration,
+    metrics: Option<RpcMetrics>,
 }
 
 impl fmt::Debug for RpcClient {
@@ -117,6 +120,7 @@ pub struct RpcClientBuilder {
     fencing: Option<FencingSource>,
     backoff_initial: Duration,
     backoff_max: Duration,
+    metrics: Option<RpcMetrics>,
 }
 
 impl fmt::Debug for RpcClientBuilder {
@@ -179,6 +183,13 @@ impl RpcClientBuilder {
         self
     }
 
+    /// Records every call's latency and errors (`gc_rpc_duration_seconds`,
+    /// `gc_rpc_errors_total`, side `client`).
+    pub fn metrics(mut self, metrics: RpcMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Builds the client, validating the caller names.
     pub fn build(self) -> Result<RpcClient, NameError> {
         if let Some(app) = &self.caller_app {
@@ -199,6 +210,7 @@ impl RpcClientBuilder {
                 fencing: self.fencing,
                 backoff_initial: self.backoff_initial,
                 backoff_max: self.backoff_max,
+                metrics: self.metrics,
             }),
         })
     }
@@ -219,6 +231,7 @@ impl RpcClient {
                 fencing: None,
                 backoff_initial: Duration::from_millis(2),
                 backoff_max: Duration::from_millis(100),
+                metrics: None,
             }),
         }
     }
@@ -236,6 +249,7 @@ impl RpcClient {
             fencing: None,
             backoff_initial: Duration::from_millis(2),
             backoff_max: Duration::from_millis(100),
+            metrics: None,
         }
     }
 
@@ -446,24 +460,66 @@ impl Call {
         Resp: DeserializeOwned,
     {
         let p = self.prepare(false)?;
-        let payload = p
-            .codec
-            .encode(req)
-            .map_err(|e| RpcError::encode(&p.subject, e))?;
-        let msg = self.request(&p, payload).await?;
-        let reply = reply_of(&p.subject, msg)?;
-        reply
-            .codec
-            .decode(&reply.payload)
-            .map_err(|e| RpcError::decode(&p.subject, reply.codec, e.message))
+        let started = Instant::now();
+        let result = async {
+            let payload = p
+                .codec
+                .encode(req)
+                .map_err(|e| RpcError::encode(&p.subject, e))?;
+            let msg = self.request(&p, payload).await?;
+            let reply = reply_of(&p.subject, msg)?;
+            reply
+                .codec
+                .decode(&reply.payload)
+                .map_err(|e| RpcError::decode(&p.subject, reply.codec, e.message))
+        }
+        .instrument(self.span(&p))
+        .await;
+        self.record(started, result.as_ref().err());
+        result
     }
 
     /// Sends `payload` as it is (labelled with the call's codec) and returns
     /// the reply payload.
     pub async fn send_raw(self, payload: Bytes) -> Result<Reply, RpcError> {
         let p = self.prepare(false)?;
-        let msg = self.request(&p, payload).await?;
-        reply_of(&p.subject, msg)
+        let started = Instant::now();
+        let result = async {
+            let msg = self.request(&p, payload).await?;
+            reply_of(&p.subject, msg)
+        }
+        .instrument(self.span(&p))
+        .await;
+        self.record(started, result.as_ref().err());
+        result
+    }
+
+    /// The `rpc.client` span (its `trace_id` is filled only when enabled).
+    fn span(&self, p: &Prepared) -> tracing::Span {
+        let span = tracing::info_span!(
+            "rpc.client",
+            app = %self.app.app,
+            method = %self.method,
+            trace_id = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            if let Some(id) = p.trace.as_deref().and_then(|t| t.get(3..35)) {
+                span.record("trace_id", id);
+            }
+        }
+        span
+    }
+
+    fn record(&self, started: Instant, error: Option<&RpcError>) {
+        if let Some(m) = &self.app.client.inner.metrics {
+            m.record(
+                Side::Client,
+                &self.app.app,
+                &self.method,
+                started.elapsed(),
+                error.map(|e| e.code().as_str()),
+            );
+        }
     }
 
     fn prepare(&self, broadcast: bool) -> Result<Prepared, RpcError> {

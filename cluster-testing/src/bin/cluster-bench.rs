@@ -8,6 +8,9 @@
 //! - `rpc`: typed calls through the platform vs raw async-nats
 //!   request/reply on the same server (latency, throughput), and caller
 //!   errors across graceful hand-overs.
+//! - `data`: `ctx.kv().put` and an uncontended lock cycle (acquire +
+//!   release) against raw async-nats KV calls (`put`; `create` + `delete`)
+//!   on the same server, interleaved in the same run.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,8 +42,9 @@ fn main() -> ExitCode {
         match scenario.as_str() {
             "failover" => failover().await,
             "rpc" => rpc().await,
+            "data" => data().await,
             other => Err(format!(
-                "unknown scenario `{other}`; available: failover, rpc"
+                "unknown scenario `{other}`; available: failover, rpc, data"
             )),
         }
     });
@@ -478,5 +482,136 @@ async fn rpc() -> Result<(), String> {
     for p in nodes {
         p.shutdown().await;
     }
+    Ok(())
+}
+
+/// Samples per figure, taken in interleaved blocks after a warm-up.
+const DATA_SAMPLES: usize = 3000;
+const DATA_BLOCK: usize = 100;
+const DATA_WARMUP: usize = 300;
+
+/// (p50, p99) in µs of `samples` (seconds).
+fn micros(samples: &mut [f64]) -> (f64, f64) {
+    let (p50, p99) = percentiles(samples);
+    (p50 * 1e6, p99 * 1e6)
+}
+
+fn data_line(bench: &str, ours: &mut [f64], raw: &mut [f64], target: f64) {
+    let (p50, p99) = micros(ours);
+    let (b50, b99) = micros(raw);
+    println!(
+        "{}",
+        serde_json::json!({"bench": bench, "unit": "us", "p50": round(p50), "p99": round(p99),
+            "baseline": "raw-async-nats", "baseline_p50": round(b50), "baseline_p99": round(b99),
+            "ratio_p50": round(p50 / b50), "target_ratio_p50": target, "samples": ours.len()})
+    );
+}
+
+async fn data() -> Result<(), String> {
+    use cluster_runtime::app::{App, Mode};
+    use cluster_runtime::config::Config;
+    use cluster_runtime::platform::Platform;
+    use std::time::Instant;
+
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut config = Config::default();
+    config.nats.urls = vec![server.url()];
+    config.node = "b1".into();
+    config.platform = "bench".into();
+    config.health_addr = None;
+    let platform = Platform::builder()
+        .config(config)
+        .app(
+            App::builder("data")
+                .mode(Mode::Spread)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let ctx = platform.app("data").ok_or("no app context")?;
+    let kv = ctx.kv().clone();
+    kv.open().await.map_err(|e| e.to_string())?;
+    let lock = ctx.lock("bench").map_err(|e| e.to_string())?;
+
+    // The baseline: its own connection, buckets configured like ours.
+    let client = async_nats::connect(server.url())
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = async_nats::jetstream::new(client);
+    let raw_kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "raw_data".into(),
+            history: 10,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let raw_lock = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "raw_coord".into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let value = bytes::Bytes::from(vec![b'x'; 100]);
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let mut i = 0usize;
+    while ours.len() < DATA_SAMPLES {
+        for _ in 0..DATA_BLOCK {
+            let key = format!("k.{}", i % 64);
+            i += 1;
+            let t = Instant::now();
+            kv.put(&key, value.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let ours_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            raw_kv
+                .put(&key, value.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let raw_s = t.elapsed().as_secs_f64();
+            if i > DATA_WARMUP {
+                ours.push(ours_s);
+                raw.push(raw_s);
+            }
+        }
+    }
+    data_line("kv.put", &mut ours, &mut raw, 1.2);
+
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let mut i = 0usize;
+    while ours.len() < DATA_SAMPLES {
+        for _ in 0..DATA_BLOCK {
+            i += 1;
+            let t = Instant::now();
+            let guard = lock
+                .try_acquire()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("uncontended lock was held")?;
+            guard.release().await.map_err(|e| e.to_string())?;
+            let ours_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            raw_lock
+                .create("bench", value.slice(..8))
+                .await
+                .map_err(|e| e.to_string())?;
+            raw_lock.delete("bench").await.map_err(|e| e.to_string())?;
+            let raw_s = t.elapsed().as_secs_f64();
+            if i > DATA_WARMUP {
+                ours.push(ours_s);
+                raw.push(raw_s);
+            }
+        }
+    }
+    data_line("lock.cycle", &mut ours, &mut raw, 1.3);
+    platform.shutdown().await;
     Ok(())
 }
