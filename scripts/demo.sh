@@ -68,6 +68,6 @@ echo "== $(leader) took over after $(( (END - START) / 1000000 )) ms (lease TTL 
 echo
 $CLI status
 echo
-echo "incr 1 -> $($CLI call counter incr 1)   (the new active counts from zero: state lives in memory)"
+echo "incr 1 -> $($CLI call counter incr 1)   (the new active reloaded the count from the app's KV)"
 echo
 echo "== shutting down (SIGTERM: active hands over, nodes leave)"
