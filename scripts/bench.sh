@@ -2,14 +2,19 @@
 # Runs one benchmark scenario and prints JSON lines (DESIGN §6). Benchmarks
 # are not tests: figures go to docs/benchmarks.md, never into assertions.
 #   scripts/bench.sh failover
+#   scripts/bench.sh data
 #   scripts/bench.sh ring
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/tools.sh
 ensure_nats_server
 if [ $# -ne 1 ]; then
-  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, ring)" >&2
+  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, rpc, data, ring)" >&2
   exit 2
 fi
 cargo build --release --quiet -p cluster-testing --bins
-exec ./target/release/cluster-bench "$1"
+./target/release/cluster-bench "$1"
+if [ "$1" = rpc ]; then
+  # The generated-client line needs the macros, which live in `cluster`.
+  cargo run --release --quiet -p cluster --example typed_bench
+fi

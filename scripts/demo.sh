@@ -52,6 +52,10 @@ wait_for "two standbys" bash -c "$CLI status --json | python3 -c 'import sys,jso
 
 echo
 $CLI status
+echo
+echo "== calling counter.incr through NATS (served by the active node only)"
+echo "incr 5 -> $($CLI call counter incr 5)"
+echo "incr 2 -> $($CLI call counter incr 2)"
 ACTIVE=$(leader)
 echo
 echo "== killing the active node $ACTIVE (SIGKILL, pid ${NODE_PID[$ACTIVE]})"
@@ -63,5 +67,7 @@ END=$(date +%s%N)
 echo "== $(leader) took over after $(( (END - START) / 1000000 )) ms (lease TTL 3 s)"
 echo
 $CLI status
+echo
+echo "incr 1 -> $($CLI call counter incr 1)   (the new active reloaded the count from the app's KV)"
 echo
 echo "== shutting down (SIGTERM: active hands over, nodes leave)"

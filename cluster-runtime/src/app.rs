@@ -16,84 +16,25 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{BoxError, Error, Result};
+use crate::kv::{Kv, KvOptions};
 use crate::lease::{LeaseTiming, Validity};
+use crate::lock::{Lock, LockError, Locks};
 use crate::membership::NodeRecord;
 use crate::naming::{self, Names};
+use crate::observe::{AppAudit, AppHealth, HealthChange, Metrics, Observe};
 use crate::placement::Placement;
 use crate::ring::{Partitions, Ring};
 use crate::rpc::{AppRef, Handlers, RpcClient};
 
-/// How many instances of an app run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// One active instance, the other eligible nodes stand by.
-    Singleton,
-    /// An instance on every eligible node.
-    Spread,
-    /// Instances on N eligible nodes.
-    Replicas(u32),
-    /// Every eligible node, P partitions split among them.
-    Ring(u32),
-}
-
-impl Mode {
-    /// Parses `singleton`, `spread`, `replicas(N)` (N ≥ 1) or `ring(P)` (P a
-    /// power of two, 1–4096).
-    ///
-    /// ```
-    /// use cluster_runtime::app::Mode;
-    /// assert_eq!(Mode::parse("replicas(2)"), Ok(Mode::Replicas(2)));
-    /// assert!(Mode::parse("ring(100)").is_err());
-    /// ```
-    pub fn parse(s: &str) -> std::result::Result<Mode, String> {
-        let s = s.trim();
-        let arg = |name: &str| -> Option<std::result::Result<u32, String>> {
-            let inner = s.strip_prefix(name)?.strip_prefix('(')?.strip_suffix(')')?;
-            Some(
-                inner
-                    .trim()
-                    .parse::<u32>()
-                    .map_err(|_| format!("`{inner}` in `{s}` is not a whole number")),
-            )
-        };
-        match s {
-            "singleton" => return Ok(Mode::Singleton),
-            "spread" => return Ok(Mode::Spread),
-            _ => {}
-        }
-        if let Some(n) = arg("replicas") {
-            let n = n?;
-            if n == 0 {
-                return Err("replicas(N) needs N ≥ 1".into());
-            }
-            return Ok(Mode::Replicas(n));
-        }
-        if let Some(p) = arg("ring") {
-            let p = p?;
-            if !(1..=4096).contains(&p) || !p.is_power_of_two() {
-                return Err(format!(
-                    "ring(P) needs P a power of two between 1 and 4096, got {p}"
-                ));
-            }
-            return Ok(Mode::Ring(p));
-        }
-        Err(format!(
-            "unknown mode `{s}`; allowed: singleton, spread, replicas(N), ring(P)"
-        ))
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Mode::Singleton => f.write_str("singleton"),
-            Mode::Spread => f.write_str("spread"),
-            Mode::Replicas(n) => write!(f, "replicas({n})"),
-            Mode::Ring(p) => write!(f, "ring({p})"),
-        }
-    }
-}
+/// How many instances of an app run: `singleton`, `spread`, `replicas(N)`,
+/// `ring(P)` (the grammar is `cluster-spec`'s, shared with the macros).
+///
+/// ```
+/// use cluster_runtime::app::Mode;
+/// assert_eq!(Mode::parse("replicas(2)"), Ok(Mode::Replicas(2)));
+/// assert!(Mode::parse("ring(100)").is_err());
+/// ```
+pub use cluster_spec::Mode;
 
 /// What an app instance is doing on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +74,8 @@ type MemberHook =
     Arc<dyn Fn(AppContext, NodeRecord) -> BoxFuture<'static, HookResult> + Send + Sync>;
 type PartitionsHook =
     Arc<dyn Fn(AppContext, Partitions) -> BoxFuture<'static, HookResult> + Send + Sync>;
+type HealthHook =
+    Arc<dyn Fn(AppContext, HealthChange) -> BoxFuture<'static, HookResult> + Send + Sync>;
 
 /// The lifecycle hooks of an app. Each is optional.
 #[derive(Clone, Default)]
@@ -146,6 +89,7 @@ pub(crate) struct Hooks {
     pub(crate) on_member_leave: Option<MemberHook>,
     pub(crate) on_own: Option<PartitionsHook>,
     pub(crate) on_release: Option<PartitionsHook>,
+    pub(crate) on_health_change: Option<HealthHook>,
 }
 
 /// A validated app spec, ready to be run by a [`Platform`](crate::platform::Platform).
@@ -159,6 +103,8 @@ pub struct App {
     pub(crate) handoff_timeout: Duration,
     pub(crate) hooks: Hooks,
     pub(crate) handlers: Handlers<AppContext>,
+    pub(crate) kv: KvOptions,
+    pub(crate) step_down_on_critical: bool,
 }
 
 impl fmt::Debug for App {
@@ -202,6 +148,8 @@ impl App {
             ops: OpsOptions::default(),
             handlers: Handlers::new(),
             handler_errors: Vec::new(),
+            kv: KvOptions::default(),
+            step_down_on_critical: false,
         }
     }
 
@@ -213,6 +161,11 @@ impl App {
     /// The app's mode.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The names of the methods the app serves, sorted.
+    pub fn methods(&self) -> impl Iterator<Item = &str> {
+        self.handlers.methods()
     }
 
     /// The lease timings of a singleton.
@@ -235,6 +188,8 @@ pub struct AppBuilder {
     ops: OpsOptions,
     handlers: Handlers<AppContext>,
     handler_errors: Vec<String>,
+    kv: KvOptions,
+    step_down_on_critical: bool,
 }
 
 /// Data and ops options whose runtime parts arrive with later issues. They
@@ -344,6 +299,16 @@ impl AppBuilder {
                         }
                     }
                 });
+        }
+        self
+    }
+
+    /// Adds a whole registry of handlers (what `#[cluster::app]` generates
+    /// for the `#[handle]` methods of an impl block).
+    pub fn handlers(mut self, handlers: Handlers<AppContext>) -> Self {
+        for duplicate in self.handlers.merge(handlers) {
+            self.handler_errors
+                .push(format!("method `{duplicate}` is registered twice"));
         }
         self
     }
@@ -482,6 +447,31 @@ impl AppBuilder {
         self
     }
 
+    /// How the app's KV bucket `P_A` is created (replicas, storage,
+    /// history); see [`KvOptions`].
+    pub fn kv(mut self, options: KvOptions) -> Self {
+        self.kv = options;
+        self
+    }
+
+    /// When a critical health check fails on this node, the active instance
+    /// of this singleton steps down so a healthy node takes over (default
+    /// off).
+    pub fn step_down_on_critical(mut self, yes: bool) -> Self {
+        self.step_down_on_critical = yes;
+        self
+    }
+
+    /// Runs when a health check of this node starts passing or failing.
+    pub fn on_health_change<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(AppContext, HealthChange) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HookResult> + Send + 'static,
+    {
+        self.hooks.on_health_change = Some(Arc::new(move |ctx, change| Box::pin(f(ctx, change))));
+        self
+    }
+
     /// Validates and builds the app. Every problem names the setting.
     pub fn build(self) -> Result<App> {
         naming::validate_app(&self.name)?;
@@ -540,6 +530,15 @@ impl AppBuilder {
             (None, None) => Ok(LeaseTiming::default()),
         }
         .map_err(|e| Error::config(format!("app `{}`: {e}", self.name)))?;
+        self.kv
+            .validate()
+            .map_err(|e| Error::config(format!("app `{}`: {e}", self.name)))?;
+        if self.step_down_on_critical && self.mode != Mode::Singleton {
+            return Err(Error::config(format!(
+                "app `{}`: step_down_on_critical needs mode singleton (this app is {})",
+                self.name, self.mode
+            )));
+        }
         if self.hook_timeout.is_zero() {
             return Err(Error::config(format!(
                 "app `{}`: hook_timeout must be > 0",
@@ -555,6 +554,8 @@ impl AppBuilder {
             handoff_timeout: self.handoff_timeout,
             hooks: self.hooks,
             handlers: self.handlers,
+            kv: self.kv,
+            step_down_on_critical: self.step_down_on_critical,
         })
     }
 }
@@ -568,6 +569,15 @@ pub struct AppState {
     pub leader: Option<String>,
     /// The epoch (fencing token) of the current leader, if known.
     pub epoch: Option<u64>,
+}
+
+/// The data and observability parts of a context, made by the platform.
+#[derive(Debug, Clone)]
+pub(crate) struct ContextData {
+    pub(crate) observe: Observe,
+    pub(crate) kv: KvOptions,
+    /// Replicas of buckets that set none (3 on a ≥ 3-server NATS cluster).
+    pub(crate) replicas: usize,
 }
 
 /// Requests from user code to the app's pattern task.
@@ -597,6 +607,11 @@ struct ContextInner {
     rpc: RpcClient,
     events: crate::events::Events,
     ring: Ring,
+    kv: Kv,
+    locks: Locks,
+    audit: AppAudit,
+    health: AppHealth,
+    observe: Observe,
 }
 
 /// The fencing token while `validity` holds: read at every outgoing call.
@@ -638,13 +653,33 @@ impl AppContext {
         state: watch::Receiver<AppState>,
         commands: mpsc::Sender<AppCommand>,
         labels: BTreeMap<String, String>,
+        data: ContextData,
     ) -> Result<Self> {
         let validity: Arc<Mutex<Option<Validity>>> = Arc::new(Mutex::new(None));
         let (token_validity, token_state) = (validity.clone(), state.clone());
         let rpc = RpcClient::builder(transport.client().clone(), names.clone())
             .caller(&app, &node)
             .fencing_token_source(move || current_token(&token_validity, &token_state))
+            .metrics(data.observe.metrics.rpc())
             .build()?;
+        let kv = Kv::new(
+            transport.jetstream().clone(),
+            names.app_kv_bucket(&app),
+            data.kv,
+            data.replicas,
+        );
+        let audit = data.observe.audit.scoped(Some(&app));
+        let locks = Locks::with_observe(
+            transport.jetstream().clone(),
+            names.clone(),
+            names.app_coord_bucket(&app),
+            data.replicas,
+            Some(&app),
+            &node,
+            Some(audit.clone()),
+            Some(data.observe.metrics.clone()),
+        );
+        let health = data.observe.health.for_app(&app);
         let events =
             crate::events::Events::new(transport.client().clone(), names.clone(), &app, &node)
                 .map_err(|e| Error::config(e.to_string()))?;
@@ -665,8 +700,17 @@ impl AppContext {
                     Mode::Ring(p) => p,
                     _ => 0,
                 }),
+                kv,
+                locks,
+                audit,
+                health,
+                observe: data.observe,
             }),
         })
+    }
+
+    pub(crate) fn observe(&self) -> &Observe {
+        &self.inner.observe
     }
 
     pub(crate) fn set_validity(&self, validity: Option<Validity>) {
@@ -781,6 +825,34 @@ impl AppContext {
         &self.inner.events
     }
 
+    /// The app's own KV bucket (`P_A`). No method reaches another app's
+    /// bucket.
+    pub fn kv(&self) -> &Kv {
+        &self.inner.kv
+    }
+
+    /// The app's lock `name` (in `P_A_coord`). Fails only for an invalid
+    /// name, before any I/O.
+    pub fn lock(&self, name: &str) -> std::result::Result<Lock, LockError> {
+        self.inner.locks.lock(name)
+    }
+
+    /// The audit log, writing as this app and node.
+    pub fn audit(&self) -> &AppAudit {
+        &self.inner.audit
+    }
+
+    /// This app's health checks (and the node's).
+    pub fn health(&self) -> &AppHealth {
+        &self.inner.health
+    }
+
+    /// The node's metrics: register your own on
+    /// [`Metrics::registry`] to have them served at `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.observe.metrics
+    }
+
     /// The platform's NATS names.
     pub fn names(&self) -> &Names {
         &self.inner.names
@@ -800,28 +872,6 @@ impl AppContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mode_grammar() {
-        assert_eq!(Mode::parse("singleton"), Ok(Mode::Singleton));
-        assert_eq!(Mode::parse("spread"), Ok(Mode::Spread));
-        assert_eq!(Mode::parse("replicas(3)"), Ok(Mode::Replicas(3)));
-        assert_eq!(Mode::parse("ring(64)"), Ok(Mode::Ring(64)));
-        assert!(Mode::parse("replicas(0)")
-            .expect_err("zero")
-            .contains("N ≥ 1"));
-        assert!(Mode::parse("ring(100)")
-            .expect_err("pow2")
-            .contains("power of two"));
-        assert!(Mode::parse("ring(8192)").is_err());
-        assert!(Mode::parse("leader")
-            .expect_err("unknown")
-            .contains("allowed"));
-        assert!(Mode::parse("replicas(x)").is_err());
-        for m in ["singleton", "spread", "replicas(2)", "ring(64)"] {
-            assert_eq!(Mode::parse(m).map(|m| m.to_string()).as_deref(), Ok(m));
-        }
-    }
 
     #[test]
     fn builder_validates() {

@@ -70,6 +70,15 @@ pub enum Error {
     /// A call to another app failed.
     #[error(transparent)]
     Rpc(#[from] crate::rpc::RpcError),
+    /// A KV operation failed (see [`KvError::kind`](crate::kv::KvError::kind)).
+    #[error(transparent)]
+    Kv(#[from] crate::kv::KvError),
+    /// A lock operation failed.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    /// Writing or reading the audit log failed.
+    #[error(transparent)]
+    Audit(#[from] crate::observe::AuditError),
     /// The platform is shutting down.
     #[error("the platform is shutting down")]
     Shutdown,

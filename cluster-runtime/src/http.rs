@@ -1,5 +1,7 @@
-//! The node's HTTP endpoint: `GET /health` (liveness), `GET /ready`
-//! (readiness) and `GET /status` (the JSON document of DESIGN §5).
+//! The node's HTTP endpoints: `GET /health` (liveness), `GET /ready`
+//! (readiness), `GET /status` (the JSON document of DESIGN §5) and
+//! `GET /metrics` (Prometheus text) on the health address, and `GET
+//! /metrics` alone on the metrics address when one is configured.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use axum::Router;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::observe::Metrics;
 use crate::platform::{readiness, status, Shared};
 
 /// Binds `addr` and serves; returns the bound address (port 0 picks one).
@@ -31,6 +34,12 @@ pub(crate) async fn serve(
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/status", get(status_doc))
+        .route(
+            "/metrics",
+            get(|State(shared): State<Arc<Shared>>| async move {
+                metrics_text(&shared.observe.metrics)
+            }),
+        )
         .with_state(shared);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
@@ -56,4 +65,41 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn status_doc(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     Json(status(&shared).await)
+}
+
+/// Serves `GET /metrics` alone on `addr` (the `--metrics-addr`).
+pub(crate) async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Metrics,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::config(format!(
+            "--metrics-addr/CLUSTER_METRICS_ADDR: cannot listen on {addr}: {e}"
+        ))
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io("metrics listener address", e))?;
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Metrics>| async move { metrics_text(&m) }),
+        )
+        .with_state(metrics);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+fn metrics_text(metrics: &Metrics) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
 }

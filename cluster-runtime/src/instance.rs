@@ -45,6 +45,8 @@ pub(crate) struct Instance {
     pub(crate) observer: Option<RoleObserver>,
     pub(crate) ownership_observer: Option<crate::ring::OwnershipObserver>,
     pub(crate) rpc: crate::rpc::RpcServer<AppContext>,
+    /// The last (leader, epoch) this node saw, for `election.leader_lost`.
+    pub(crate) seen_leader: std::sync::Mutex<Option<(String, u64)>>,
 }
 
 impl Instance {
@@ -54,7 +56,9 @@ impl Instance {
 
     /// Sets the role, records the change and publishes it in the node record.
     pub(crate) fn set_role(&self, role: Role, epoch: Option<u64>, valid_until_ns: Option<u64>) {
+        let mut before = (Role::Pending, None);
         let changed = self.state.send_if_modified(|s| {
+            before = (s.role, s.epoch);
             let changed = s.role != role || (role == Role::Active && s.epoch != epoch);
             s.role = role;
             if role == Role::Active {
@@ -79,6 +83,7 @@ impl Instance {
         if let Some(observer) = &self.observer {
             observer(&event);
         }
+        self.observe_role(before, role, epoch);
         let name = self.app.name.clone();
         let mode = self.app.mode;
         let held_epoch = if role == Role::Active { epoch } else { None };
@@ -118,9 +123,67 @@ impl Instance {
         }
     }
 
+    /// Audit entries and metrics of a role change (`before` = previous role
+    /// and epoch).
+    fn observe_role(&self, before: (Role, Option<u64>), role: Role, epoch: Option<u64>) {
+        let observe = self.ctx.observe();
+        let audit = self.ctx.audit();
+        let app = self.app.name.as_str();
+        let node = self.node();
+        if self.app.mode == crate::app::Mode::Singleton {
+            observe.metrics.set_leader(app, node, role == Role::Active);
+        }
+        let (was, old_epoch) = before;
+        if was == Role::Active && role != Role::Active {
+            if let Some(e) = old_epoch {
+                leader_lost(self, node, e, "demoted");
+            }
+        }
+        if role == Role::Active && (was != Role::Active || old_epoch != epoch) {
+            if let Some(e) = epoch {
+                observe.metrics.set_epoch(app, e);
+            }
+            audit.record(
+                "election.leader_acquired",
+                serde_json::json!({"leader": node, "epoch": epoch}),
+                epoch.map(|e| format!("election.leader_acquired.{app}.{e}")),
+            );
+        }
+        let running = |r: Role| matches!(r, Role::Active | Role::Standby | Role::Running);
+        if was == Role::Pending && running(role) || was == Role::Stopped && role == Role::Running {
+            audit.record(
+                "app.started",
+                serde_json::json!({"mode": self.app.mode.to_string(), "role": role}),
+                None,
+            );
+        } else if running(was) && role == Role::Stopped {
+            audit.record(
+                "app.stopped",
+                serde_json::json!({"mode": self.app.mode.to_string()}),
+                None,
+            );
+        }
+    }
+
     /// Records who leads (observed from the lease key) and fires
     /// `on_leader_change` when it changed.
     pub(crate) async fn observe_leader(&self, leader: Option<String>, epoch: Option<u64>) {
+        if let Some(e) = epoch {
+            self.ctx.observe().metrics.set_epoch(&self.app.name, e);
+        }
+        // Audit the end of the previous leadership as seen from here; every
+        // node reports it under the same message id, JetStream keeps one.
+        if let Ok(mut seen) = self.seen_leader.lock() {
+            let new = leader.clone().zip(epoch);
+            if let Some((old, old_epoch)) = seen.as_ref() {
+                if new.as_ref().is_none_or(|(_, e)| e != old_epoch) {
+                    leader_lost(self, old, *old_epoch, "observed");
+                }
+            }
+            if new.is_some() || leader.is_none() {
+                *seen = new;
+            }
+        }
         let changed = self.state.send_if_modified(|s| {
             let changed = s.leader != leader;
             s.leader = leader.clone();
@@ -191,6 +254,17 @@ impl Instance {
             None => Ok(()),
         }
     }
+}
+
+/// Audits the end of `leader`'s leadership at `epoch` (deduplicated
+/// across nodes by message id).
+fn leader_lost(inst: &Instance, leader: &str, epoch: u64, how: &str) {
+    let app = inst.app.name.as_str();
+    inst.ctx.audit().record(
+        "election.leader_lost",
+        serde_json::json!({"leader": leader, "epoch": epoch, "reported_as": how}),
+        Some(format!("election.leader_lost.{app}.{epoch}")),
+    );
 }
 
 /// Capped exponential backoff for activation that keeps failing (flap

@@ -61,24 +61,7 @@ impl LeaseTiming {
     /// assert!(LeaseTiming::new(Duration::from_secs(2), Duration::from_secs(1), Duration::from_secs(2)).is_err());
     /// ```
     pub fn new(ttl: Duration, renew: Duration, deadline: Duration) -> Result<Self> {
-        if ttl < Duration::from_secs(1) || ttl.subsec_nanos() != 0 {
-            return Err(Error::config(format!(
-                "lease_ttl must be a whole number of seconds ≥ 1s (NATS per-message TTLs are whole seconds), got {ttl:?}"
-            )));
-        }
-        if deadline >= ttl {
-            return Err(Error::config(format!(
-                "lease deadline ({deadline:?}) must be shorter than lease_ttl ({ttl:?}) so a holder gives up before its key expires"
-            )));
-        }
-        if deadline.as_secs_f64() <= 1.2 * renew.as_secs_f64() {
-            return Err(Error::config(format!(
-                "lease deadline ({deadline:?}) must exceed 1.2 × renew interval ({renew:?}) so one late renew does not demote"
-            )));
-        }
-        if renew.is_zero() {
-            return Err(Error::config("lease renew interval must be > 0"));
-        }
+        cluster_spec::lease::check_timing(ttl, renew, deadline).map_err(Error::config)?;
         Ok(LeaseTiming {
             ttl,
             renew,
@@ -89,7 +72,8 @@ impl LeaseTiming {
     /// The default proportions for a given TTL: renew every `ttl / 3`, give
     /// up after `0.8 × ttl` (3 s → 1 s / 2.4 s; 1 s → 333 ms / 800 ms).
     pub fn from_ttl(ttl: Duration) -> Result<Self> {
-        Self::new(ttl, ttl / 3, ttl * 4 / 5)
+        let (renew, deadline) = cluster_spec::lease::proportions(ttl);
+        Self::new(ttl, renew, deadline)
     }
 }
 
@@ -229,6 +213,7 @@ impl LeaseKey {
     /// Tries to become the holder, expecting the key's last sequence to be
     /// `expected_seq` (from [`read`](Self::read) or a watch event). Returns
     /// `None` when someone else got there first.
+    #[tracing::instrument(name = "lease.acquire", level = "debug", skip_all, fields(key = %self.key, expected_seq))]
     pub async fn try_acquire(&self, expected_seq: u64, value: Bytes) -> Result<Option<HeldLease>> {
         let sent = Instant::now();
         match self
@@ -426,6 +411,7 @@ impl HeldLease {
 
     /// Stops renewing and deletes the key with the expected revision so
     /// successors see the delete at once. The caller demotes first.
+    #[tracing::instrument(name = "lease.release", level = "debug", skip_all, fields(key = %self.key.key, epoch = self.epoch))]
     pub async fn release(&self) -> Result<()> {
         self.validity.mark_lost();
         if let Some(stop) = self.stop_tx.lock().await.take() {

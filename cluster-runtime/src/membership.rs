@@ -222,7 +222,9 @@ async fn watch_loop(inner: Arc<Inner>, mut generation: watch::Receiver<u64>) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
         generation.borrow_and_update();
-        let watch = match inner.kv.watch_all().await {
+        // `watch_all` would deliver only new changes; the history watch
+        // starts with every key's latest entry, so the map is exact at once.
+        let watch = match inner.kv.watch_with_history(">").await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch node records; retrying");

@@ -7,82 +7,15 @@
 
 use std::fmt;
 
-/// App names that would collide with platform-wide resources.
-pub const RESERVED_APP_NAMES: &[&str] = &[
-    "nodes",
-    "platform",
-    "placement",
-    "services",
-    "events",
-    "audit",
-];
+// Name validation is the spec grammar, shared with the macros.
+pub use cluster_spec::naming::{
+    validate_app, validate_node, validate_platform, NameError, RESERVED_APP_NAMES,
+};
 
-/// Why a name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    /// The name is empty.
-    #[error("{kind} name must not be empty")]
-    Empty {
-        /// What was being named (`platform`, `app`, `node`).
-        kind: &'static str,
-    },
-    /// The name contains a character outside the allowed set.
-    #[error(
-        "{kind} name `{name}` is invalid: use only lowercase letters, digits and `-` ([a-z0-9-]+)"
-    )]
-    Invalid {
-        /// What was being named.
-        kind: &'static str,
-        /// The refused name.
-        name: String,
-    },
-    /// The app name collides with a platform resource.
-    #[error("app name `{name}` is reserved (reserved: nodes, platform, placement, services, events, audit)")]
-    Reserved {
-        /// The refused name.
-        name: String,
-    },
-}
-
-fn is_token(name: &str) -> bool {
-    name.bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-fn check(kind: &'static str, name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty { kind });
-    }
-    if !is_token(name) {
-        return Err(NameError::Invalid {
-            kind,
-            name: name.to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// Validates a platform name.
-pub fn validate_platform(name: &str) -> Result<(), NameError> {
-    check("platform", name)
-}
-
-/// Validates an app name (also refusing reserved names).
-pub fn validate_app(name: &str) -> Result<(), NameError> {
-    check("app", name)?;
-    if RESERVED_APP_NAMES.contains(&name) {
-        return Err(NameError::Reserved {
-            name: name.to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// Validates a node id. Node ids become subject tokens and KV keys, so they
-/// follow the same rule as app names (hostnames are lowercased by the config).
-pub fn validate_node(name: &str) -> Result<(), NameError> {
-    check("node", name)
-}
+/// The app token of platform-wide audit entries (`P._.audit._.ACTION`):
+/// membership changes and platform locks belong to no app. App names never
+/// contain `_`, so it cannot collide.
+pub const PLATFORM_SCOPE: &str = "_";
 
 /// The names belonging to one platform.
 ///
@@ -189,6 +122,13 @@ impl Names {
         "election"
     }
 
+    /// Key of lock `name` inside a coordination bucket (`P_A_coord` for app
+    /// locks, `P_platform` for platform locks). The `lock.` prefix keeps
+    /// locks apart from the election key and partition claims.
+    pub fn lock_key(&self, name: &str) -> String {
+        format!("lock.{name}")
+    }
+
     // ---- subjects ----------------------------------------------------------
 
     /// Call an app method: the active (singleton) or any instance (pool).
@@ -244,6 +184,26 @@ impl Names {
     /// An audit entry.
     pub fn audit_subject(&self, app: &str, action: &str) -> String {
         format!("{}._.audit.{}.{}", self.platform, app, action)
+    }
+
+    /// Wildcard covering every audit entry (the subjects of `P_audit`).
+    pub fn audit_wildcard(&self) -> String {
+        format!("{}._.audit.>", self.platform)
+    }
+
+    /// Audit subjects of one app (or every app: `None`) and one category (or
+    /// every category). Platform-wide entries use the app token
+    /// [`PLATFORM_SCOPE`].
+    pub fn audit_filter(&self, app: Option<&str>, category: Option<&str>) -> String {
+        match (app, category) {
+            (None, None) => self.audit_wildcard(),
+            (app, category) => format!(
+                "{}._.audit.{}.{}.>",
+                self.platform,
+                app.unwrap_or("*"),
+                category.unwrap_or("*")
+            ),
+        }
     }
 
     /// An operator command sent by the CLI to the nodes.
@@ -331,6 +291,16 @@ mod tests {
             "prod._.audit.cache.started"
         );
         assert_eq!(n.control_subject("stepdown"), "prod._.control.stepdown");
+        assert_eq!(n.lock_key("jobs"), "lock.jobs");
+        assert_eq!(n.audit_wildcard(), "prod._.audit.>");
+        assert_eq!(
+            n.audit_filter(Some("cache"), None),
+            "prod._.audit.cache.*.>"
+        );
+        assert_eq!(
+            n.audit_filter(None, Some("election")),
+            "prod._.audit.*.election.>"
+        );
         assert_eq!(n.app_events_wildcard("cache"), "prod.cache.events.>");
         assert_eq!(n.platform_events_wildcard(), "prod._.events.>");
         assert_eq!(n.platform_events_consumer("cache", "audit"), "cache_audit");

@@ -233,6 +233,9 @@ pub struct ServerOptions {
     pub binary: Option<PathBuf>,
     /// How long `start` and `restart` wait for readiness.
     pub start_timeout: Duration,
+    /// Extra nats-server configuration appended verbatim (e.g. an
+    /// `authorization { ... }` block for auth tests).
+    pub extra_config: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -245,6 +248,7 @@ impl Default for ServerOptions {
             server_name: None,
             binary: None,
             start_timeout: DEFAULT_START_TIMEOUT,
+            extra_config: None,
         }
     }
 }
@@ -646,6 +650,10 @@ fn render_config(
             q(&route.cluster_name),
             route.port
         );
+    }
+    if let Some(extra) = &opts.extra_config {
+        c.push_str(extra);
+        c.push('\n');
     }
     c
 }

@@ -16,14 +16,16 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::app::{App, AppCommand, AppContext, AppState, Mode, Role};
+use crate::app::{App, AppCommand, AppContext, AppState, ContextData, Mode, Role};
 use crate::config::Config;
 use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::instance::{Instance, RoleEvent, RoleObserver};
 use crate::lease::{self, LeaseKey, LeaseTiming};
+use crate::lock::{Lock, LockError, Locks};
 use crate::membership::{MemberEvent, Membership, NodeRecord};
 use crate::naming::Names;
+use crate::observe::{AppAudit, Audit, AuditOptions, Check, Health, Metrics, Observe};
 use crate::transport::Transport;
 
 /// Builds a [`Platform`].
@@ -35,6 +37,7 @@ pub struct PlatformBuilder {
     observer: Option<RoleObserver>,
     ownership_observer: Option<crate::ring::OwnershipObserver>,
     node_lease: Option<LeaseTiming>,
+    audit: AuditOptions,
 }
 
 impl std::fmt::Debug for PlatformBuilder {
@@ -82,6 +85,13 @@ impl PlatformBuilder {
         self
     }
 
+    /// Retention and replicas of the audit stream `P_audit` (default 30
+    /// days, 1 GiB).
+    pub fn audit(mut self, options: AuditOptions) -> Self {
+        self.audit = options;
+        self
+    }
+
     /// Validates, connects and starts everything. Nothing is started when
     /// validation fails.
     pub async fn start(self) -> Result<Platform> {
@@ -98,6 +108,9 @@ impl PlatformBuilder {
             }
         }
         let node_lease = self.node_lease.unwrap_or_default();
+        if self.audit.max_age.is_zero() {
+            return Err(Error::config("audit retention (max_age) must be > 0"));
+        }
 
         let mut config = config;
         let dev_server = if config.dev {
@@ -111,6 +124,24 @@ impl PlatformBuilder {
         } else {
             1
         };
+        let metrics = Metrics::new(names.platform())?;
+        let health = Health::new(&config.node, metrics.clone());
+        let audit = Audit::start(
+            transport.client(),
+            transport.jetstream(),
+            &names,
+            &config.node,
+            metrics.clone(),
+            &self.audit,
+            replicas,
+        )
+        .await?;
+        let observe = Observe {
+            audit,
+            metrics,
+            health,
+        };
+        register_nats_check(&observe.health, &transport);
 
         // Ring apps: every node must split keys the same way. Checked (and
         // recorded by the first node) before anything starts.
@@ -172,6 +203,11 @@ impl PlatformBuilder {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(observe_members(
+            membership.clone(),
+            observe.clone(),
+            shutdown_rx.clone(),
+        )));
         let mut apps = BTreeMap::new();
         for app in self.apps {
             let (state_tx, state_rx) = watch::channel(AppState {
@@ -189,16 +225,22 @@ impl PlatformBuilder {
                 state_rx.clone(),
                 cmd_tx.clone(),
                 config.labels.clone(),
+                ContextData {
+                    observe: observe.clone(),
+                    kv: app.kv.clone(),
+                    replicas,
+                },
             )?;
             // Instance and broadcast subjects (and `$SRV` visibility) are
             // served from start-up; the API subject follows the role.
-            let rpc = crate::rpc::RpcServer::new(
+            let rpc = crate::rpc::RpcServer::with_options(
                 transport.client().clone(),
                 names.clone(),
                 &app.name,
                 &config.node,
                 app.handlers.clone(),
                 ctx.clone(),
+                crate::rpc::ServerOptions::default().metrics(observe.metrics.rpc()),
             )
             .map_err(|e| Error::nats(format!("RPC server of app `{}`", app.name), e))?;
             rpc.start()
@@ -212,7 +254,21 @@ impl PlatformBuilder {
                 observer: self.observer.clone(),
                 ownership_observer: self.ownership_observer.clone(),
                 rpc: rpc.clone(),
+                seen_leader: std::sync::Mutex::new(None),
             });
+            tasks.push(tokio::spawn(app_check(
+                observe.health.clone(),
+                app.name.clone(),
+                state_rx.clone(),
+                shutdown_rx.clone(),
+            )));
+            if app.hooks.on_health_change.is_some() || app.step_down_on_critical {
+                tasks.push(tokio::spawn(health_hooks(
+                    inst.clone(),
+                    cmd_tx.clone(),
+                    shutdown_rx.clone(),
+                )));
+            }
             tasks.push(tokio::spawn(member_hooks(
                 inst.clone(),
                 shutdown_rx.clone(),
@@ -288,6 +344,16 @@ impl PlatformBuilder {
             );
         }
 
+        let platform_locks = Locks::with_observe(
+            transport.jetstream().clone(),
+            names.clone(),
+            names.platform_bucket(),
+            replicas,
+            None,
+            &config.node,
+            Some(observe.audit.scoped(None)),
+            Some(observe.metrics.clone()),
+        );
         let shared = Arc::new(Shared {
             config,
             names,
@@ -295,6 +361,8 @@ impl PlatformBuilder {
             membership,
             apps,
             shutdown: shutdown_tx,
+            observe,
+            platform_locks,
         });
         tasks.push(tokio::spawn(control_loop(shared.clone())));
         let http = match shared.config.health_addr {
@@ -307,10 +375,17 @@ impl PlatformBuilder {
             }
             None => None,
         };
+        let metrics_http = match shared.config.metrics_addr {
+            Some(addr) => {
+                Some(crate::http::serve_metrics(addr, shared.observe.metrics.clone()).await?)
+            }
+            None => None,
+        };
         Ok(Platform {
             shared,
             tasks,
             http,
+            metrics_http,
             _dev_server: dev_server,
         })
     }
@@ -331,6 +406,8 @@ pub(crate) struct Shared {
     pub(crate) membership: Membership,
     pub(crate) apps: BTreeMap<String, AppHandle>,
     pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) observe: Observe,
+    pub(crate) platform_locks: Locks,
 }
 
 /// A running node.
@@ -338,6 +415,7 @@ pub struct Platform {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
     http: Option<(SocketAddr, JoinHandle<()>)>,
+    metrics_http: Option<(SocketAddr, JoinHandle<()>)>,
     _dev_server: Option<crate::nats_server::NatsServer>,
 }
 
@@ -391,14 +469,7 @@ pub struct AppStatus {
     pub partitions: Vec<u32>,
 }
 
-/// One health check in [`Status`].
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct CheckStatus {
-    /// Passing.
-    pub ok: bool,
-    /// Detail.
-    pub message: String,
-}
+pub use crate::observe::CheckStatus;
 
 impl Platform {
     /// Starts building a platform node.
@@ -422,6 +493,32 @@ impl Platform {
     /// The bound health/status address, if enabled.
     pub fn health_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The bound Prometheus `/metrics` address, if `metrics_addr` is set
+    /// (`/metrics` is also served on the health address).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_http.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The platform-wide lock `name` (in `P_platform`).
+    pub fn lock(&self, name: &str) -> std::result::Result<Lock, LockError> {
+        self.shared.platform_locks.lock(name)
+    }
+
+    /// The audit log, writing platform-wide entries as this node.
+    pub fn audit(&self) -> AppAudit {
+        self.shared.observe.audit.scoped(None)
+    }
+
+    /// The node's metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.observe.metrics
+    }
+
+    /// The node's health checks.
+    pub fn health(&self) -> &Health {
+        &self.shared.observe.health
     }
 
     /// The NATS URLs this node uses (the local server's in dev mode).
@@ -473,7 +570,11 @@ impl Platform {
             handle.rpc.shutdown().await;
         }
         self.shared.membership.leave().await;
+        self.shared.observe.health.stop();
         if let Some((_, http)) = self.http {
+            http.abort();
+        }
+        if let Some((_, http)) = self.metrics_http {
             http.abort();
         }
     }
@@ -483,21 +584,7 @@ pub(crate) async fn status(shared: &Shared) -> Status {
     let rtt = shared.transport.rtt().await;
     let connected = shared.transport.is_connected();
     let registered = *shared.membership.registered().borrow();
-    let mut checks = BTreeMap::new();
-    checks.insert(
-        "nats".to_owned(),
-        CheckStatus {
-            ok: connected,
-            message: match rtt {
-                Some(r) => format!(
-                    "connected to {}, rtt {:.2} ms",
-                    shared.transport.urls(),
-                    r.as_secs_f64() * 1e3
-                ),
-                None => format!("not connected to {}", shared.transport.urls()),
-            },
-        },
-    );
+    let mut checks = shared.observe.health.statuses();
     checks.insert(
         "membership".to_owned(),
         CheckStatus {
@@ -507,6 +594,7 @@ pub(crate) async fn status(shared: &Shared) -> Status {
             } else {
                 "node record not held".into()
             },
+            critical: true,
         },
     );
     let apps = shared
@@ -553,6 +641,9 @@ pub(crate) fn readiness(shared: &Shared) -> std::result::Result<(), String> {
         .find(|(_, h)| h.state.borrow().role == Role::Pending)
     {
         return Err(format!("app `{name}` has not started"));
+    }
+    if let Some((check, message)) = shared.observe.health.critical_failure() {
+        return Err(format!("critical check `{check}` failing: {message}"));
     }
     Ok(())
 }
@@ -642,4 +733,151 @@ async fn member_hooks(inst: Arc<Instance>, mut shutdown: watch::Receiver<bool>) 
             let _ = inst.run_hook(name, hook(inst.ctx.clone(), node)).await;
         }
     }
+}
+
+/// The built-in `nats` check: connected, with the round-trip time.
+fn register_nats_check(health: &Health, transport: &Transport) {
+    let transport = transport.clone();
+    health.register(
+        "nats",
+        Check::with_detail(move || {
+            let transport = transport.clone();
+            async move {
+                match transport.rtt().await {
+                    Some(rtt) => Ok(format!(
+                        "connected to {}, rtt {:.2} ms",
+                        transport.urls(),
+                        rtt.as_secs_f64() * 1e3
+                    )),
+                    None => Err(format!("not connected to {}", transport.urls())),
+                }
+            }
+        })
+        .interval(Duration::from_secs(5))
+        .timeout(Duration::from_secs(3))
+        .critical(),
+    );
+}
+
+/// The built-in check of one app (named after it): passes once the app has
+/// a role on this node; updated on every role change.
+async fn app_check(
+    health: Health,
+    app: String,
+    mut state: watch::Receiver<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (role, epoch) = {
+            let s = state.borrow_and_update();
+            (s.role, s.epoch)
+        };
+        match (role, epoch) {
+            (Role::Pending, _) => {
+                health.report(&app, false, "starting: role not decided yet", false)
+            }
+            (Role::Active, Some(epoch)) => {
+                health.report(&app, true, format!("active, epoch {epoch}"), false)
+            }
+            (role, _) => health.report(&app, true, role.to_string(), false),
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            _ = until_set(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Keeps `gc_members_total` current and audits joins and leaves. Every
+/// node reports each change under the same message id (the node and its
+/// incarnation), so the audit stream keeps one entry per change.
+async fn observe_members(
+    membership: Membership,
+    observe: Observe,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut events = membership.events();
+    let mut members = membership.members();
+    let audit = observe.audit.scoped(None);
+    observe
+        .metrics
+        .set_members(members.borrow_and_update().len());
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let (action, rec) = match event {
+                    Ok(MemberEvent::Joined(rec)) => ("member.joined", rec),
+                    Ok(MemberEvent::Left(rec)) => ("member.left", rec),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
+                let id = format!("{action}.{}.{}.{}", rec.node, rec.started_at_ms, rec.pid);
+                audit.record(
+                    action,
+                    serde_json::json!({"member": rec.node, "labels": rec.labels, "version": rec.version}),
+                    Some(id),
+                );
+            }
+            changed = members.changed() => {
+                if changed.is_err() { return; }
+                observe.metrics.set_members(members.borrow_and_update().len());
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Fires `on_health_change` for one app, and steps its active instance
+/// down while a critical check fails (when the app asks for it).
+async fn health_hooks(
+    inst: Arc<Instance>,
+    commands: mpsc::Sender<AppCommand>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let health = inst.ctx.observe().health.clone();
+    let mut changes = health.changes();
+    let mut state = inst.ctx.watch_state();
+    // The epoch we already asked to step down from (one request per term).
+    let mut stepped_down_from: Option<u64> = None;
+    loop {
+        if inst.app.step_down_on_critical {
+            let (role, epoch) = {
+                let s = state.borrow_and_update();
+                (s.role, s.epoch)
+            };
+            if role == Role::Active && stepped_down_from != epoch {
+                if let Some((check, message)) = health.critical_failure() {
+                    tracing::warn!(app = %inst.app.name, %check, %message, "critical check failing: stepping down");
+                    stepped_down_from = epoch;
+                    if commands.send(AppCommand::StepDown).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            changed = state.changed() => {
+                if changed.is_err() { return }
+                continue;
+            }
+            _ = until_set(&mut shutdown) => return,
+        };
+        match change {
+            Ok(change) => {
+                if let Some(hook) = &inst.app.hooks.on_health_change {
+                    let _ = inst
+                        .run_hook("on_health_change", hook(inst.ctx.clone(), change))
+                        .await;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Resolves once the flag is true (without holding the watch guard).
+async fn until_set(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
 }

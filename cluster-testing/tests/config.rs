@@ -165,3 +165,68 @@ async fn without_a_nats_url_a_node_starts_its_own_server() {
         .expect("exit");
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn nkey_authentication_is_used_and_a_missing_key_is_named() {
+    use cluster_testing::process::ChildProcess;
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().expect("seed");
+    let server = NatsServer::start(ServerOptions {
+        extra_config: Some(format!(
+            "authorization {{\n  users = [ {{ nkey: \"{}\" }} ]\n}}",
+            user.public_key()
+        )),
+        ..Default::default()
+    })
+    .await
+    .expect("nats with nkey auth");
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        format!("nats = \"{}\"\nnats_nkey = \"{seed}\"\n", server.url()),
+    )
+    .expect("write");
+
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--node",
+        "auth1",
+        "--health-addr",
+        "off",
+        "--tick-ms",
+        "0",
+    ])
+    .env_remove("NATS_URL");
+    let mut child = ChildProcess::spawn(&mut cmd).expect("spawn");
+    child
+        .wait_for_line(
+            |l| l.contains("\"role\":\"active\""),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "node with the nkey did not become active: {}",
+                child.stderr_text()
+            )
+        });
+    child.terminate().expect("SIGTERM");
+    assert!(child
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+
+    let (code, stderr) = run(&["--nats", &server.url()]);
+    assert_ne!(code, 0);
+    let errors = error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("cannot connect to NATS") && errors[0].contains("uthoriz"),
+        "{}",
+        errors[0]
+    );
+}

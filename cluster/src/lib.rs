@@ -21,6 +21,22 @@
 //! ```
 
 pub use cluster_runtime as runtime;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use cluster_macros::{app, main};
+
+/// The typed client of app `A` (its generated `{App}Client`), calling from
+/// the app whose context is `ctx`: calls carry the caller's app and node.
+///
+/// ```ignore
+/// let n = cluster::call::<Counter>(ctx).incr(5).await?;
+/// ```
+pub fn call<A: runtime::rpc::RemoteApp>(ctx: &AppContext) -> A::Client {
+    ctx.rpc().typed::<A>()
+}
 pub use cluster_runtime::{
     App, AppContext, Config, ConfigArgs, Error, Mode, Platform, Result, Role,
 };
@@ -30,6 +46,19 @@ pub mod prelude {
     pub use cluster_runtime::app::{App, AppContext, HookResult, Mode, Role};
     pub use cluster_runtime::config::{Config, ConfigArgs};
     pub use cluster_runtime::platform::Platform;
+
+    pub use crate::__private::Partitions;
+    pub use cluster_runtime::membership::NodeRecord;
+    pub use cluster_runtime::rpc::{HandlerError, RpcError};
+
+    // The method attributes of an `#[cluster::app] impl` block. Inside one
+    // they are consumed by `#[cluster::app]`; anywhere else they are
+    // compile errors that say so.
+    pub use cluster_macros::{
+        handle, on_active, on_health_change, on_leader_change, on_member_join, on_member_leave,
+        on_migration_complete, on_migration_start, on_own, on_placement_invalid, on_release,
+        on_standby, on_start, on_stop,
+    };
 }
 
 /// Runs a node with `apps` as a program's `main`: reads the configuration

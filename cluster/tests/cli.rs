@@ -33,6 +33,9 @@ async fn node(url: &str, id: &str) -> Platform {
     config.health_addr = Some("127.0.0.1:0".parse().expect("addr"));
     let app = App::builder("counter")
         .lease_ttl(Duration::from_secs(1))
+        .handle("whoami", |ctx, (): ()| async move {
+            Ok::<_, cluster::Error>(ctx.node().to_owned())
+        })
         .build()
         .expect("app");
     Platform::builder()
@@ -125,6 +128,21 @@ async fn status_json_agrees_with_node_status_before_and_after_stepdown() {
         "a standby took over"
     );
     assert!(after.apps["counter"].epoch > before.apps["counter"].epoch);
+
+    // `cluster call` reaches the active instance, or a named one.
+    let active = after.apps["counter"].leader.clone().expect("leader");
+    let (ok, stdout, stderr) = cli(&url, &["call", "counter", "whoami"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), format!("\"{active}\""));
+    let (ok, stdout, _) = cli(&url, &["call", "counter", "whoami", "--node", "c1"]);
+    assert!(ok);
+    assert_eq!(stdout.trim(), "\"c1\"");
+    let (ok, _, stderr) = cli(&url, &["call", "counter", "nope"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("not_found") || stderr.contains("no method") || stderr.contains("nope"),
+        "{stderr}"
+    );
 
     let (ok, table, _) = cli(&url, &["status"]);
     assert!(ok);

@@ -48,6 +48,8 @@ use super::handler::is_method_name;
 use super::request::{RequestInfo, TraceContext};
 use super::wire::{self, ErrorBody, ErrorCode};
 use crate::naming::{self, NameError, Names};
+use crate::observe::{RpcMetrics, Side};
+use tracing::Instrument;
 
 /// A partition function: key bytes and partition count → partition.
 pub type PartitionFn = fn(&[u8], u32) -> u32;
@@ -75,6 +77,7 @@ struct ClientInner {
     fencing: Option<FencingSource>,
     backoff_initial: Duration,
     backoff_max: Duration,
+    metrics: Option<RpcMetrics>,
 }
 
 impl fmt::Debug for RpcClient {
@@ -103,6 +106,7 @@ pub struct RpcClientBuilder {
     fencing: Option<FencingSource>,
     backoff_initial: Duration,
     backoff_max: Duration,
+    metrics: Option<RpcMetrics>,
 }
 
 impl fmt::Debug for RpcClientBuilder {
@@ -165,6 +169,13 @@ impl RpcClientBuilder {
         self
     }
 
+    /// Records every call's latency and errors (`gc_rpc_duration_seconds`,
+    /// `gc_rpc_errors_total`, side `client`).
+    pub fn metrics(mut self, metrics: RpcMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Builds the client, validating the caller names.
     pub fn build(self) -> Result<RpcClient, NameError> {
         if let Some(app) = &self.caller_app {
@@ -185,6 +196,7 @@ impl RpcClientBuilder {
                 fencing: self.fencing,
                 backoff_initial: self.backoff_initial,
                 backoff_max: self.backoff_max,
+                metrics: self.metrics,
             }),
         })
     }
@@ -200,11 +212,12 @@ impl RpcClient {
                 caller_app: None,
                 caller_node: None,
                 codec: Codec::Json,
-                default_deadline: Duration::from_secs(5),
+                default_deadline: wire::DEFAULT_DEADLINE,
                 partitioner: xxh3_partition,
                 fencing: None,
                 backoff_initial: Duration::from_millis(2),
                 backoff_max: Duration::from_millis(100),
+                metrics: None,
             }),
         }
     }
@@ -217,11 +230,12 @@ impl RpcClient {
             caller_app: None,
             caller_node: None,
             codec: Codec::Json,
-            default_deadline: Duration::from_secs(5),
+            default_deadline: wire::DEFAULT_DEADLINE,
             partitioner: xxh3_partition,
             fencing: None,
             backoff_initial: Duration::from_millis(2),
             backoff_max: Duration::from_millis(100),
+            metrics: None,
         }
     }
 
@@ -374,6 +388,8 @@ struct Prepared {
     subject: String,
     budget: Duration,
     deadline: Instant,
+    /// The deadline is an inbound call's (shorter than `budget` allows).
+    capped: bool,
     codec: Codec,
     trace: Option<String>,
     fencing: Option<u64>,
@@ -430,24 +446,66 @@ impl Call {
         Resp: DeserializeOwned,
     {
         let p = self.prepare(false)?;
-        let payload = p
-            .codec
-            .encode(req)
-            .map_err(|e| RpcError::encode(&p.subject, e))?;
-        let msg = self.request(&p, payload).await?;
-        let reply = reply_of(&p.subject, msg)?;
-        reply
-            .codec
-            .decode(&reply.payload)
-            .map_err(|e| RpcError::decode(&p.subject, reply.codec, e.message))
+        let started = Instant::now();
+        let result = async {
+            let payload = p
+                .codec
+                .encode(req)
+                .map_err(|e| RpcError::encode(&p.subject, e))?;
+            let msg = self.request(&p, payload).await?;
+            let reply = reply_of(&p.subject, msg)?;
+            reply
+                .codec
+                .decode(&reply.payload)
+                .map_err(|e| RpcError::decode(&p.subject, reply.codec, e.message))
+        }
+        .instrument(self.span(&p))
+        .await;
+        self.record(started, result.as_ref().err());
+        result
     }
 
     /// Sends `payload` as it is (labelled with the call's codec) and returns
     /// the reply payload.
     pub async fn send_raw(self, payload: Bytes) -> Result<Reply, RpcError> {
         let p = self.prepare(false)?;
-        let msg = self.request(&p, payload).await?;
-        reply_of(&p.subject, msg)
+        let started = Instant::now();
+        let result = async {
+            let msg = self.request(&p, payload).await?;
+            reply_of(&p.subject, msg)
+        }
+        .instrument(self.span(&p))
+        .await;
+        self.record(started, result.as_ref().err());
+        result
+    }
+
+    /// The `rpc.client` span (its `trace_id` is filled only when enabled).
+    fn span(&self, p: &Prepared) -> tracing::Span {
+        let span = tracing::info_span!(
+            "rpc.client",
+            app = %self.app.app,
+            method = %self.method,
+            trace_id = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            if let Some(id) = p.trace.as_deref().and_then(|t| t.get(3..35)) {
+                span.record("trace_id", id);
+            }
+        }
+        span
+    }
+
+    fn record(&self, started: Instant, error: Option<&RpcError>) {
+        if let Some(m) = &self.app.client.inner.metrics {
+            m.record(
+                Side::Client,
+                &self.app.app,
+                &self.method,
+                started.elapsed(),
+                error.map(|e| e.code().as_str()),
+            );
+        }
     }
 
     fn prepare(&self, broadcast: bool) -> Result<Prepared, RpcError> {
@@ -502,7 +560,9 @@ impl Call {
             .unwrap_or(inner.default_deadline);
         let mut deadline = Instant::now() + budget;
         let current = RequestInfo::current();
+        let mut capped = false;
         if let Some(info) = &current {
+            capped = info.deadline() < deadline;
             deadline = deadline.min(info.deadline());
         }
         // Without a trace to continue, none is sent: the server starts one
@@ -520,6 +580,7 @@ impl Call {
             subject,
             budget,
             deadline,
+            capped,
             codec: self.app.codec.unwrap_or(inner.codec),
             trace,
             fencing,
@@ -527,13 +588,18 @@ impl Call {
         })
     }
 
-    fn headers(&self, p: &Prepared, remaining: Duration) -> HeaderMap {
+    /// The request headers; `remaining` is `None` when the server's default
+    /// deadline is the call's (first attempt with the default budget), so a
+    /// plain call carries no header at all and takes the server's fast path.
+    fn headers(&self, p: &Prepared, remaining: Option<Duration>) -> HeaderMap {
         let inner = &self.app.client.inner;
         let mut h = HeaderMap::new();
-        // Round up so a sub-millisecond remainder is not sent as "expired";
-        // the caller enforces its own deadline anyway.
-        let ms = remaining.as_micros().div_ceil(1000);
-        h.insert(wire::name::TIMEOUT_MS, ms.to_string());
+        if let Some(remaining) = remaining {
+            // Round up so a sub-millisecond remainder is not sent as
+            // "expired"; the caller enforces its own deadline anyway.
+            let ms = remaining.as_micros().div_ceil(1000);
+            h.insert(wire::name::TIMEOUT_MS, ms.to_string());
+        }
         if let Some(trace) = &p.trace {
             h.insert(wire::name::TRACEPARENT, trace.as_str());
         }
@@ -595,15 +661,18 @@ impl Call {
                     }
                 });
             }
-            let headers = self.headers(p, remaining);
+            let default_budget = attempts == 0 && p.budget == wire::DEFAULT_DEADLINE && !p.capped;
+            let headers = self.headers(p, (!default_budget).then_some(remaining));
             if attempts == 0 {
                 self.check_size(p, &headers, &payload)?;
             }
             attempts += 1;
-            let request = async_nats::Request::new()
-                .headers(headers)
+            let mut request = async_nats::Request::new()
                 .payload(payload.clone())
                 .timeout(Some(remaining));
+            if !headers.is_empty() {
+                request = request.headers(headers);
+            }
             let err = match inner.client.send_request(p.subject.clone(), request).await {
                 Ok(msg) => return Ok(msg),
                 Err(err) => err,
@@ -767,7 +836,7 @@ impl Broadcast {
         let window = self
             .window
             .min(p.deadline.saturating_duration_since(Instant::now()));
-        let headers = self.call.headers(p, window);
+        let headers = self.call.headers(p, Some(window));
         self.call.check_size(p, &headers, &payload)?;
         let transport = |e: &dyn fmt::Display| RpcError::Transport {
             subject: p.subject.clone(),

@@ -154,10 +154,7 @@ fn check_method(method: &str) {
 /// Whether `method` can be a method name (one subject token of
 /// `[A-Za-z0-9_-]`).
 pub(crate) fn is_method_name(method: &str) -> bool {
-    !method.is_empty()
-        && method
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    cluster_spec::naming::validate_method(method).is_ok()
 }
 
 impl<C: Clone + Send + Sync + 'static> Handlers<C> {
@@ -210,6 +207,21 @@ impl<C: Clone + Send + Sync + 'static> Handlers<C> {
 }
 
 impl<C> Handlers<C> {
+    /// Adds every handler of `other`; returns the names both had (those
+    /// keep this registry's handler).
+    pub fn merge(&mut self, other: Handlers<C>) -> Vec<String> {
+        let mut duplicates = Vec::new();
+        for (name, handler) in other.map {
+            match self.map.entry(name) {
+                std::collections::btree_map::Entry::Occupied(e) => duplicates.push(e.key().clone()),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(handler);
+                }
+            }
+        }
+        duplicates
+    }
+
     /// The registered method names, sorted.
     pub fn methods(&self) -> impl Iterator<Item = &str> {
         self.map.keys().map(String::as_str)

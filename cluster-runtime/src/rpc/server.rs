@@ -40,6 +40,10 @@ use super::micro::{self, Description, EndpointDescription, ServiceStats};
 use super::request::{RequestInfo, RequestParts, Route, TraceContext};
 use super::wire::{self, ErrorBody, ErrorCode};
 use crate::naming::{self, NameError, Names};
+use crate::observe::RpcMetrics;
+use prometheus::Histogram;
+use std::collections::HashMap;
+use tracing::Instrument;
 
 /// How long `start`/`serve_*` wait for the round trip that proves a
 /// subscription.
@@ -66,6 +70,7 @@ pub struct ServerOptions {
     default_timeout: Duration,
     version: String,
     description: String,
+    metrics: Option<RpcMetrics>,
 }
 
 impl Default for ServerOptions {
@@ -73,9 +78,10 @@ impl Default for ServerOptions {
         ServerOptions {
             max_in_flight: 256,
             drain_timeout: Duration::from_secs(5),
-            default_timeout: Duration::from_secs(5),
+            default_timeout: wire::DEFAULT_DEADLINE,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             description: String::new(),
+            metrics: None,
         }
     }
 }
@@ -109,6 +115,13 @@ impl ServerOptions {
     /// The description shown by `nats micro info`.
     pub fn description(mut self, d: impl Into<String>) -> Self {
         self.description = d.into();
+        self
+    }
+
+    /// Records every served call's latency and errors
+    /// (`gc_rpc_duration_seconds`, `gc_rpc_errors_total`, side `server`).
+    pub fn metrics(mut self, metrics: RpcMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -214,6 +227,9 @@ struct Shared<C> {
     permits: Arc<Semaphore>,
     stats: ServiceStats,
     micro_id: String,
+    /// Server-side latency histograms per registered method (resolved once,
+    /// so serving does no label lookup).
+    histograms: HashMap<String, Histogram>,
     /// What `$SRV.INFO` reports about the routes served now.
     state: Mutex<ServingState>,
 }
@@ -293,6 +309,11 @@ impl<C: Clone + Send + Sync + 'static> RpcServer<C> {
         naming::validate_app(app)?;
         naming::validate_node(node)?;
         let stats = ServiceStats::new(handlers.methods());
+        let histograms = opts
+            .metrics
+            .as_ref()
+            .map(|m| m.server_histograms(app, handlers.methods()))
+            .unwrap_or_default();
         let shared = Arc::new(Shared {
             client,
             names,
@@ -306,6 +327,7 @@ impl<C: Clone + Send + Sync + 'static> RpcServer<C> {
             opts,
             stats,
             micro_id: nuid::next().to_string(),
+            histograms,
             state: Mutex::new(ServingState::default()),
         });
         Ok(RpcServer {
@@ -773,6 +795,14 @@ async fn serve<C: Clone + Send + Sync + 'static>(
         let error = outcome.as_ref().err().map(ToString::to_string);
         stats.record(arrived.elapsed(), error.as_deref());
     }
+    // Only registered methods are labelled, so callers cannot grow the
+    // metric's label set with made-up names.
+    if let Some((method, histogram)) = method.and_then(|m| shared.histograms.get_key_value(m)) {
+        histogram.observe(arrived.elapsed().as_secs_f64());
+        if let (Err(e), Some(metrics)) = (&outcome, &shared.opts.metrics) {
+            metrics.server_error(&shared.app, method, e.code().as_str());
+        }
+    }
     match outcome {
         Ok((payload, codec)) => reply_ok(&shared, route, &msg, payload, codec).await,
         Err(e) => reply_error(&shared, &msg, &e).await,
@@ -855,7 +885,21 @@ async fn call<C: Clone + Send + Sync + 'static>(
     let ctx = shared.ctx.clone();
     // The handler is invoked inside the future, so a panic in its synchronous
     // part is caught too.
-    let run = info.scope(async move { handler.call(ctx, raw).await });
+    let span = tracing::info_span!(
+        "rpc.server",
+        app = %shared.app,
+        method,
+        node = %shared.node,
+        trace_id = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("trace_id", trace.trace_id());
+        #[cfg(feature = "otel")]
+        crate::observe::otel::set_remote_parent(&span, &trace);
+    }
+    let run = info
+        .scope(async move { handler.call(ctx, raw).await })
+        .instrument(span);
     let mut guarded = std::pin::pin!(AssertUnwindSafe(run).catch_unwind());
     // Most handlers finish on their first poll: arm the deadline timer only
     // for those that do not (a timer costs a lock on the timer wheel).

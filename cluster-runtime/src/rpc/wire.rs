@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 /// it sent the request (decimal, `0` = already expired). Absent: the server
 /// applies its default (5 s).
 pub const TIMEOUT_MS: &str = "Cluster-Timeout-Ms";
+/// The deadline of a call whose request has no `Cluster-Timeout-Ms` header
+/// (the client's default, and the server's when the header is absent).
+pub const DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Request header: W3C trace context (`00-<trace-id>-<parent-id>-<flags>`).
 pub const TRACEPARENT: &str = "traceparent";
 /// Request header: the calling app, if the caller is one.

@@ -5,6 +5,12 @@
 //! - `failover`: graceful hand-over (stepdown → new `on_active` started) and
 //!   crash failover (SIGKILL of the active process → new `on_active`), with
 //!   node processes on a real nats-server.
+//! - `rpc`: typed calls through the platform vs raw async-nats
+//!   request/reply on the same server (latency, throughput), and caller
+//!   errors across graceful hand-overs.
+//! - `data`: `ctx.kv().put` and an uncontended lock cycle (acquire +
+//!   release) against raw async-nats KV calls (`put`; `create` + `delete`)
+//!   on the same server, interleaved in the same run.
 //! - `ring`: a 256-partition ring on 5 node processes: hand-off after a
 //!   join, a graceful leave and a SIGKILL (until every partition is owned
 //!   and served again), partitions moved per join, instants with two owners
@@ -39,9 +45,11 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match scenario.as_str() {
             "failover" => failover().await,
+            "rpc" => rpc().await,
+            "data" => data().await,
             "ring" => ring::run().await,
             other => Err(format!(
-                "unknown scenario `{other}`; available: failover, ring"
+                "unknown scenario `{other}`; available: failover, rpc, data, ring"
             )),
         }
     });
@@ -181,6 +189,435 @@ async fn failover() -> Result<(), String> {
         serde_json::json!({"bench": "failover.crash", "unit": "ms", "p50": round(p50), "p99": round(p99),
             "ttl_ms": ttl_ms, "trials": crash.len(), "target_p99": ttl_ms + 400})
     );
+    Ok(())
+}
+
+/// Starts an in-process node of platform `bench` serving the singleton app
+/// `echo` (method `echo` returns its argument).
+async fn echo_node(url: &str, node: &str) -> Result<cluster_runtime::Platform, String> {
+    let mut config = cluster_runtime::Config::default();
+    config.nats.urls = vec![url.to_owned()];
+    config.platform = "bench".into();
+    config.node = node.into();
+    config.health_addr = None;
+    let app = cluster_runtime::App::builder("echo")
+        .lease_ttl(Duration::from_secs(1))
+        .handle("echo", |_ctx, payload: String| async move {
+            Ok::<_, cluster_runtime::Error>(payload)
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    cluster_runtime::Platform::builder()
+        .config(config)
+        .app(app)
+        .start()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn wait_active(nodes: &[cluster_runtime::Platform]) -> Result<usize, String> {
+    for _ in 0..2000 {
+        if let Some(i) = nodes
+            .iter()
+            .position(|p| p.app("echo").is_some_and(|c| c.is_active()))
+        {
+            return Ok(i);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Err("no active echo node".into())
+}
+
+/// Sequential latencies (µs) of `n` calls of `a` and `n` calls of `b`,
+/// interleaved call by call so that load from anything else on the machine
+/// hits both sides alike.
+async fn interleaved_latencies<A, FA, B, FB>(
+    n: usize,
+    mut a: A,
+    mut b: B,
+) -> Result<(Vec<f64>, Vec<f64>), String>
+where
+    A: FnMut() -> FA,
+    FA: std::future::Future<Output = Result<(), String>>,
+    B: FnMut() -> FB,
+    FB: std::future::Future<Output = Result<(), String>>,
+{
+    let (mut la, mut lb) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let start = std::time::Instant::now();
+        a().await?;
+        la.push(start.elapsed().as_secs_f64() * 1e6);
+        let start = std::time::Instant::now();
+        b().await?;
+        lb.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((la, lb))
+}
+
+/// Calls completed per second with `in_flight` concurrent callers for `for_`.
+async fn throughput<F, Fut>(in_flight: usize, for_: Duration, call: F) -> Result<f64, String>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let end = tokio::time::Instant::now() + for_;
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while tokio::time::Instant::now() < end {
+                call().await?;
+                done += 1;
+            }
+            Ok::<u64, String>(done)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(total as f64 / for_.as_secs_f64())
+}
+
+/// Throughput of `a` and `b` (calls/s), measured in alternating one-second
+/// windows (`seconds` each) so both see the same background load.
+async fn interleaved_throughput<A, FA, B, FB>(
+    in_flight: usize,
+    seconds: u32,
+    a: A,
+    b: B,
+) -> Result<(f64, f64), String>
+where
+    A: Fn() -> FA + Clone + Send + 'static,
+    FA: std::future::Future<Output = Result<(), String>> + Send,
+    B: Fn() -> FB + Clone + Send + 'static,
+    FB: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let (mut ta, mut tb) = (0.0, 0.0);
+    for _ in 0..seconds {
+        ta += throughput(in_flight, Duration::from_secs(1), a.clone()).await?;
+        tb += throughput(in_flight, Duration::from_secs(1), b.clone()).await?;
+    }
+    Ok((ta / f64::from(seconds), tb / f64::from(seconds)))
+}
+
+async fn rpc() -> Result<(), String> {
+    use futures::StreamExt;
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = server.url();
+    let nodes = vec![echo_node(&url, "e1").await?];
+    wait_active(&nodes).await?;
+
+    // The baseline: a raw async-nats responder and raw requests, same server,
+    // same process, same payload.
+    let responder = async_nats::connect(url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sub = responder
+        .subscribe("bench.raw")
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = responder.publish(reply, msg.payload).await;
+            }
+        }
+    });
+    let caller = async_nats::connect(url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    let rpc = cluster_runtime::rpc::RpcClient::new(
+        caller.clone(),
+        Names::new("bench").map_err(|e| e.to_string())?,
+    );
+
+    for (size, label) in [(100usize, "100B"), (4096, "4KiB")] {
+        // JSON string payload of `size` bytes on the wire (quotes included).
+        let text = "x".repeat(size - 2);
+        let raw_payload = bytes::Bytes::from(serde_json::to_vec(&text).map_err(|e| e.to_string())?);
+        let n = 5000;
+        // Warm both paths first.
+        for _ in 0..200 {
+            caller
+                .request("bench.raw", raw_payload.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _: String = rpc
+                .app("echo")
+                .method("echo")
+                .send(&text)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let (mut raw, mut ours) = interleaved_latencies(
+            n,
+            || {
+                let (caller, p) = (caller.clone(), raw_payload.clone());
+                async move {
+                    caller
+                        .request("bench.raw", p)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            },
+            || {
+                let (rpc, text) = (rpc.clone(), text.clone());
+                async move {
+                    rpc.app("echo")
+                        .method("echo")
+                        .send::<String, String>(&text)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await?;
+        let (p50, p99) = percentiles(&mut ours);
+        let (b50, b99) = percentiles(&mut raw);
+        let bench = if size == 100 {
+            "rpc.call".to_owned()
+        } else {
+            format!("rpc.call_{label}")
+        };
+        println!(
+            "{}",
+            serde_json::json!({"bench": bench, "unit": "us", "payload": label, "calls": n,
+                "p50": round(p50), "p99": round(p99), "baseline": "raw-nats",
+                "baseline_p50": round(b50), "baseline_p99": round(b99), "ratio_p50": round(p50 / b50),
+                "target_ratio_p50": 1.15})
+        );
+        if size == 100 {
+            let (raw_tput, our_tput) = interleaved_throughput(
+                32,
+                5,
+                {
+                    let (caller, p) = (caller.clone(), raw_payload.clone());
+                    move || {
+                        let (caller, p) = (caller.clone(), p.clone());
+                        async move {
+                            caller
+                                .request("bench.raw", p)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
+                    }
+                },
+                {
+                    let (rpc, text) = (rpc.clone(), text.clone());
+                    move || {
+                        let (rpc, text) = (rpc.clone(), text.clone());
+                        async move {
+                            rpc.app("echo")
+                                .method("echo")
+                                .send::<String, String>(&text)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
+                    }
+                },
+            )
+            .await?;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "rpc.throughput", "unit": "req/s", "in_flight": 32, "seconds": 5,
+                    "value": our_tput.round(), "baseline": raw_tput.round(), "ratio": round(our_tput / raw_tput),
+                    "target_ratio": 0.85})
+            );
+        }
+    }
+
+    // Errors seen by a continuous caller across 10 graceful hand-overs.
+    let mut nodes = nodes;
+    nodes.push(echo_node(&url, "e2").await?);
+    nodes.push(echo_node(&url, "e3").await?);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = tokio::spawn({
+        let (rpc, stop) = (rpc.clone(), stop.clone());
+        async move {
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match rpc
+                    .app("echo")
+                    .method("echo")
+                    .send::<&str, String>(&"ping")
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            (ok, errors)
+        }
+    });
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let i = wait_active(&nodes).await?;
+        let ctx = nodes[i].app("echo").ok_or("no echo app")?;
+        let epoch = ctx.epoch();
+        ctx.stepdown().await.map_err(|e| e.to_string())?;
+        // Wait for another node to be active with a newer epoch.
+        for _ in 0..2000 {
+            let moved = nodes.iter().enumerate().any(|(j, p)| {
+                j != i
+                    && p.app("echo")
+                        .is_some_and(|c| c.is_active() && c.epoch() > epoch)
+            });
+            if moved {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, errors) = calls.await.map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::json!({"bench": "rpc.failover_errors", "value": errors, "calls": ok + errors,
+            "hand_overs": 10, "target": 0})
+    );
+    for p in nodes {
+        p.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Samples per figure, taken in interleaved blocks after a warm-up.
+const DATA_SAMPLES: usize = 3000;
+const DATA_BLOCK: usize = 100;
+const DATA_WARMUP: usize = 300;
+
+/// (p50, p99) in µs of `samples` (seconds).
+fn micros(samples: &mut [f64]) -> (f64, f64) {
+    let (p50, p99) = percentiles(samples);
+    (p50 * 1e6, p99 * 1e6)
+}
+
+fn data_line(bench: &str, ours: &mut [f64], raw: &mut [f64], target: f64) {
+    let (p50, p99) = micros(ours);
+    let (b50, b99) = micros(raw);
+    println!(
+        "{}",
+        serde_json::json!({"bench": bench, "unit": "us", "p50": round(p50), "p99": round(p99),
+            "baseline": "raw-async-nats", "baseline_p50": round(b50), "baseline_p99": round(b99),
+            "ratio_p50": round(p50 / b50), "target_ratio_p50": target, "samples": ours.len()})
+    );
+}
+
+async fn data() -> Result<(), String> {
+    use cluster_runtime::app::{App, Mode};
+    use cluster_runtime::config::Config;
+    use cluster_runtime::platform::Platform;
+    use std::time::Instant;
+
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut config = Config::default();
+    config.nats.urls = vec![server.url()];
+    config.node = "b1".into();
+    config.platform = "bench".into();
+    config.health_addr = None;
+    let platform = Platform::builder()
+        .config(config)
+        .app(
+            App::builder("data")
+                .mode(Mode::Spread)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let ctx = platform.app("data").ok_or("no app context")?;
+    let kv = ctx.kv().clone();
+    kv.open().await.map_err(|e| e.to_string())?;
+    let lock = ctx.lock("bench").map_err(|e| e.to_string())?;
+
+    // The baseline: its own connection, buckets configured like ours.
+    let client = async_nats::connect(server.url())
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = async_nats::jetstream::new(client);
+    let raw_kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "raw_data".into(),
+            history: 10,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let raw_lock = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "raw_coord".into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let value = bytes::Bytes::from(vec![b'x'; 100]);
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let mut i = 0usize;
+    while ours.len() < DATA_SAMPLES {
+        for _ in 0..DATA_BLOCK {
+            let key = format!("k.{}", i % 64);
+            i += 1;
+            let t = Instant::now();
+            kv.put(&key, value.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let ours_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            raw_kv
+                .put(&key, value.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let raw_s = t.elapsed().as_secs_f64();
+            if i > DATA_WARMUP {
+                ours.push(ours_s);
+                raw.push(raw_s);
+            }
+        }
+    }
+    data_line("kv.put", &mut ours, &mut raw, 1.2);
+
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let mut i = 0usize;
+    while ours.len() < DATA_SAMPLES {
+        for _ in 0..DATA_BLOCK {
+            i += 1;
+            let t = Instant::now();
+            let guard = lock
+                .try_acquire()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("uncontended lock was held")?;
+            guard.release().await.map_err(|e| e.to_string())?;
+            let ours_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            raw_lock
+                .create("bench", value.slice(..8))
+                .await
+                .map_err(|e| e.to_string())?;
+            raw_lock.delete("bench").await.map_err(|e| e.to_string())?;
+            let raw_s = t.elapsed().as_secs_f64();
+            if i > DATA_WARMUP {
+                ours.push(ours_s);
+                raw.push(raw_s);
+            }
+        }
+    }
+    data_line("lock.cycle", &mut ours, &mut raw, 1.3);
+    platform.shutdown().await;
     Ok(())
 }
 

@@ -58,6 +58,22 @@ enum Command {
         /// The app.
         app: String,
     },
+    /// Call METHOD of APP with a JSON request; prints the JSON reply.
+    Call {
+        /// The app.
+        app: String,
+        /// The method.
+        method: String,
+        /// The request, as JSON (default `null`).
+        #[arg(default_value = "null")]
+        request: String,
+        /// Call this node's instance instead of routing by the app's mode.
+        #[arg(long)]
+        node: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +145,27 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 print_members(&view);
             }
+        }
+        Command::Call {
+            app,
+            method,
+            request,
+            node,
+            timeout_ms,
+        } => {
+            let body: serde_json::Value = serde_json::from_str(request)
+                .map_err(|e| Error::config(format!("request is not JSON: {e}")))?;
+            let rpc =
+                cluster::runtime::rpc::RpcClient::new(transport.client().clone(), names.clone());
+            let mut call = rpc
+                .app(app)
+                .deadline(Duration::from_millis(*timeout_ms))
+                .method(method);
+            if let Some(node) = node {
+                call = call.instance(node);
+            }
+            let reply: serde_json::Value = call.send(&body).await?;
+            print_json(&reply);
         }
         Command::Stepdown { app } => {
             let body =

@@ -1,55 +1,61 @@
-//! Quick start: a counter with exactly one active instance.
+//! Quick start: a counter with exactly one active instance, whose count
+//! survives failover in the app's own KV bucket.
 //!
-//! Run three of these against one NATS (or none: the first starts a local
-//! nats-server with `--dev`); one is active and counts, the others stand
-//! by. Kill the active one and a standby takes over within the lease TTL.
+//! Run three of these against one NATS (or none: a node without `--nats`
+//! starts a local nats-server); one is active and serves `incr`, the others
+//! stand by. Kill the active one and a standby takes over within the lease
+//! TTL, reloading the count. `scripts/demo.sh` does exactly that.
 //!
 //! ```sh
 //! quickstart --nats nats://127.0.0.1:4222 --node n1 --health-addr 127.0.0.1:8081
+//! cluster call counter incr 5        # or: nats req default._.api.counter.incr 5
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
 use cluster::prelude::*;
+use tokio::sync::Mutex;
 
-fn main() -> std::process::ExitCode {
-    cluster::run(|| {
-        let count = Arc::new(AtomicU64::new(0));
-        let app = App::builder("counter")
-            .mode(Mode::Singleton)
-            .on_active(move |ctx| {
-                let count = count.clone();
-                async move {
-                    println!(
-                        "{}: ACTIVE for counter (epoch {:?})",
-                        ctx.node(),
-                        ctx.fencing_token()
-                    );
-                    tokio::spawn(async move {
-                        // Count only while the lease is valid: is_active()
-                        // turns false on time even if this node is cut off.
-                        while ctx.is_active() {
-                            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                            if n.is_multiple_of(5) {
-                                println!("{}: count = {n}", ctx.node());
-                            }
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    });
-                    Ok(())
-                }
-            })
-            .on_standby(|ctx| async move {
-                println!(
-                    "{}: standby for counter (leader: {:?})",
-                    ctx.node(),
-                    ctx.leader()
-                );
-                Ok(())
-            })
-            .build()?;
-        Ok(vec![app])
-    })
+/// A counter with exactly one active instance; standbys take over on failure.
+#[cluster::app(mode = "singleton")]
+#[derive(Debug, Default)]
+pub struct Counter {
+    /// The count, loaded from KV on activation. The lock also serialises
+    /// `incr`, so writes reach KV in order.
+    value: Mutex<u64>,
 }
+
+#[cluster::app]
+impl Counter {
+    #[on_active]
+    async fn activate(&self, ctx: &AppContext) -> cluster::Result<()> {
+        let saved = ctx.kv().get_json::<u64>("value").await?.unwrap_or(0);
+        *self.value.lock().await = saved;
+        println!(
+            "{}: ACTIVE for counter (epoch {:?}, count {saved})",
+            ctx.node(),
+            ctx.fencing_token()
+        );
+        Ok(())
+    }
+
+    #[on_standby]
+    async fn standby(&self, ctx: &AppContext) -> cluster::Result<()> {
+        println!(
+            "{}: standby for counter (leader: {:?})",
+            ctx.node(),
+            ctx.leader()
+        );
+        Ok(())
+    }
+
+    /// Adds `by`, stores the new count, returns it.
+    #[handle]
+    async fn incr(&self, ctx: &AppContext, by: u64) -> cluster::Result<u64> {
+        let mut value = self.value.lock().await;
+        let next = *value + by;
+        ctx.kv().put_json("value", &next).await?;
+        *value = next;
+        Ok(next)
+    }
+}
+
+cluster::main!();

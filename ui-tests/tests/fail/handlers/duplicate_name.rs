@@ -1,0 +1,20 @@
+use cluster::prelude::*;
+
+#[cluster::app(mode = "singleton")]
+#[derive(Default)]
+pub struct Counter;
+
+#[cluster::app]
+impl Counter {
+    #[handle]
+    async fn incr(&self, _ctx: &AppContext, by: u64) -> cluster::Result<u64> {
+        Ok(by)
+    }
+
+    #[handle(name = "incr")]
+    async fn increment(&self, _ctx: &AppContext, by: u64) -> cluster::Result<u64> {
+        Ok(by)
+    }
+}
+
+fn main() {}

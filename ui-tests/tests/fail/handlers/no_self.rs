@@ -1,0 +1,15 @@
+use cluster::prelude::*;
+
+#[cluster::app(mode = "singleton")]
+#[derive(Default)]
+pub struct Counter;
+
+#[cluster::app]
+impl Counter {
+    #[handle]
+    async fn incr(_ctx: &AppContext, by: u64) -> cluster::Result<u64> {
+        Ok(by)
+    }
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+use cluster::prelude::*;
+
+#[cluster::app]
+#[derive(Default)]
+pub struct Counter;
+
+#[cluster::app]
+impl Counter {
+    #[on_active]
+    fn activate(&self, _ctx: &AppContext) -> cluster::Result<()> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+use cluster::prelude::*;
+
+#[cluster::app]
+#[derive(Default)]
+pub struct Counter;
+
+#[cluster::app]
+impl Counter {
+    #[on_active]
+    #[on_standby]
+    async fn changed(&self, _ctx: &AppContext) -> cluster::Result<()> {
+        Ok(())
+    }
+}
+
+fn main() {}

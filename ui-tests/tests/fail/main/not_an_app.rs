@@ -1,0 +1,4 @@
+#[derive(Default)]
+pub struct Counter;
+
+cluster::main!(apps = [Counter]);

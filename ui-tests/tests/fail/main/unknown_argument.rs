@@ -1,0 +1,5 @@
+#[cluster::app]
+#[derive(Default)]
+pub struct Counter;
+
+cluster::main!(app = [Counter]);

@@ -1,0 +1,5 @@
+#[cluster::app(backend = "kubernetes:myapp")]
+#[derive(Default)]
+pub struct MyApp;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[cluster::app(lease_ttl = "1500ms")]
+#[derive(Default)]
+pub struct Counter;
+
+fn main() {}

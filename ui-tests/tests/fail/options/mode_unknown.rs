@@ -1,0 +1,5 @@
+#[cluster::app(mode = "leader")]
+#[derive(Default)]
+pub struct Counter;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[cluster::app(mode = singleton)]
+#[derive(Default)]
+pub struct Counter;
+
+fn main() {}

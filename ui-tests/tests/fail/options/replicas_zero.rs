@@ -1,0 +1,5 @@
+#[cluster::app(mode = "replicas(0)")]
+#[derive(Default)]
+pub struct Workers;
+
+fn main() {}

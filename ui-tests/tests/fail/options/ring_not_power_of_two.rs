@@ -1,0 +1,5 @@
+#[cluster::app(mode = "ring(100)")]
+#[derive(Default)]
+pub struct Cache;
+
+fn main() {}

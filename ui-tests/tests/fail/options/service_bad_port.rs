@@ -1,0 +1,5 @@
+#[cluster::app(services(http(port = 70000, protocol = "http")))]
+#[derive(Default)]
+pub struct Web;
+
+fn main() {}

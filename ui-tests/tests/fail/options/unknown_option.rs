@@ -1,0 +1,5 @@
+#[cluster::app(mdoe = "singleton")]
+#[derive(Default)]
+pub struct Counter;
+
+fn main() {}

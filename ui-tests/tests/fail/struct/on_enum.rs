@@ -1,0 +1,8 @@
+#[cluster::app]
+#[derive(Default)]
+pub enum Counter {
+    #[default]
+    Zero,
+}
+
+fn main() {}
