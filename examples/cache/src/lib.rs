@@ -6,8 +6,8 @@
 //!
 //! - `on_release(partitions)` runs on the losing node after calls for those
 //!   partitions stopped reaching it and the calls in flight finished. It
-//!   writes each partition's entries to the app's KV bucket (`P_cache`,
-//!   key `handoff.<partition>`) and forgets them.
+//!   writes each partition's entries to the app's KV (`ctx.kv()`, bucket
+//!   `P_cache`, key `handoff.<partition>`) and forgets them.
 //! - The next owner can claim a partition only after that, and its
 //!   `on_own(partitions)` runs before calls are routed to it: it loads
 //!   `handoff.<partition>` and deletes the key.
@@ -27,7 +27,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use async_nats::jetstream::kv;
 use cluster::prelude::*;
 use cluster::runtime::ring::Partitions;
 use cluster::runtime::rpc::{AppRef, HandlerError, RequestInfo, RpcClient, RpcError};
@@ -83,24 +82,6 @@ fn handoff_key(partition: u32) -> String {
     format!("handoff.{partition}")
 }
 
-/// The app's KV bucket (`P_cache`), created on first use.
-async fn bucket(ctx: &AppContext) -> Result<kv::Store, Box<dyn std::error::Error + Send + Sync>> {
-    let name = ctx.names().app_kv_bucket(ctx.app());
-    if let Ok(store) = ctx.jetstream().get_key_value(&name).await {
-        return Ok(store);
-    }
-    let config = kv::Config {
-        bucket: name.clone(),
-        history: 1,
-        ..Default::default()
-    };
-    match ctx.jetstream().create_key_value(config).await {
-        Ok(store) => Ok(store),
-        // Another node created it meanwhile.
-        Err(_) => Ok(ctx.jetstream().get_key_value(&name).await?),
-    }
-}
-
 /// The partition a call was routed to must be its key's: a client with
 /// another partition function would otherwise read and write the wrong map.
 fn check_route(ctx: &AppContext, key: &str) -> Result<u32, HandlerError> {
@@ -121,17 +102,14 @@ pub fn app_with(store: Store) -> cluster::Result<App> {
         .on_own(move |ctx, partitions: Partitions| {
             let store = on_own.clone();
             async move {
-                let kv = bucket(&ctx).await?;
                 for p in &partitions {
-                    let Some(entry) = kv.entry(handoff_key(p)).await? else {
+                    let key = handoff_key(p);
+                    let Some(entries) = ctx.kv().get_json::<BTreeMap<String, String>>(&key).await?
+                    else {
                         continue;
                     };
-                    if entry.operation != kv::Operation::Put {
-                        continue;
-                    }
-                    let entries: BTreeMap<String, String> = serde_json::from_slice(&entry.value)?;
                     store.with(|m| m.entry(p).or_default().extend(entries));
-                    kv.delete(handoff_key(p)).await?;
+                    ctx.kv().delete(&key).await?;
                 }
                 Ok(())
             }
@@ -139,7 +117,6 @@ pub fn app_with(store: Store) -> cluster::Result<App> {
         .on_release(move |ctx, partitions: Partitions| {
             let store = on_release.clone();
             async move {
-                let kv = bucket(&ctx).await?;
                 for p in &partitions {
                     let Some(entries) = store.with(|m| m.remove(&p)) else {
                         continue;
@@ -147,10 +124,7 @@ pub fn app_with(store: Store) -> cluster::Result<App> {
                     if entries.is_empty() {
                         continue;
                     }
-                    if let Err(e) = kv
-                        .put(handoff_key(p), serde_json::to_vec(&entries)?.into())
-                        .await
-                    {
+                    if let Err(e) = ctx.kv().put_json(&handoff_key(p), &entries).await {
                         // Keep them: better served again later than lost.
                         store.with(|m| m.insert(p, entries));
                         return Err(e.into());
