@@ -248,9 +248,7 @@ impl AppBuilder {
     /// active instance, any pool instance, a ring partition's owner, and
     /// each instance directly. The request is decoded with the caller's
     /// codec (JSON by default); a payload that does not decode is answered
-    /// with `bad_request`. A call that arrives on a ring partition this node
-    /// no longer owns (its lease ended while it was paused or cut off) is
-    /// answered with `unavailable` without running the handler.
+    /// with `bad_request`.
     ///
     /// ```
     /// use cluster_runtime::app::App;
@@ -277,28 +275,7 @@ impl AppBuilder {
             self.handler_errors
                 .push(format!("method `{method}` is registered twice"));
         } else {
-            self.handlers = self
-                .handlers
-                .handle(method, move |ctx: AppContext, req: Req| {
-                    // Partition calls run only while this node owns the
-                    // partition (checked on the clock, see `Ring::owns`).
-                    let refused = crate::rpc::RequestInfo::current()
-                        .and_then(|info| info.partition())
-                        .filter(|p| !ctx.ring().owns(*p));
-                    let call = match refused {
-                        None => Ok(f(ctx, req)),
-                        Some(p) => Err(p),
-                    };
-                    async move {
-                        match call {
-                            Ok(fut) => fut.await.map_err(Into::into),
-                            Err(p) => Err(crate::rpc::HandlerError::with_code(
-                                crate::rpc::ErrorCode::Unavailable,
-                                format!("this node no longer owns partition {p}"),
-                            )),
-                        }
-                    }
-                });
+            self.handlers = self.handlers.handle(method, f);
         }
         self
     }

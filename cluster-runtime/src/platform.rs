@@ -301,6 +301,10 @@ impl PlatformBuilder {
                     tasks.push(tokio::spawn(crate::pool::run(inst, shutdown_rx.clone())));
                 }
                 Mode::Ring(partitions) => {
+                    // Partition calls run only while this node owns the
+                    // partition, on the lease clock (`Ring::owns`).
+                    let ring = ctx.ring().clone();
+                    rpc.gate_partitions(move |p| ring.owns(p));
                     let Some(kv) = ring_buckets.remove(&app.name) else {
                         return Err(Error::config(format!(
                             "app `{}`: ring bucket not opened",

@@ -552,3 +552,52 @@ async fn a_hanging_on_release_gives_the_partitions_up_after_the_hand_off_timeout
     h2.shutdown().await;
     h1.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_calls_run_only_while_the_gate_says_owned() {
+    use std::sync::atomic::AtomicU32;
+
+    use cluster_runtime::rpc::{ErrorCode, HandlerError, Handlers, RpcError, RpcServer};
+
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let nats = async_nats::connect(server.url().as_str())
+        .await
+        .expect("connect");
+    let names = Names::new("test").expect("names");
+    let ran = Arc::new(AtomicU32::new(0));
+    let handlers = Handlers::new().handle("hit", |ran: Arc<AtomicU32>, (): ()| async move {
+        Ok::<_, HandlerError>(ran.fetch_add(1, Ordering::SeqCst) + 1)
+    });
+    let rpc_server = RpcServer::new(
+        nats.clone(),
+        names.clone(),
+        APP,
+        "g1",
+        handlers,
+        ran.clone(),
+    )
+    .expect("server");
+    let owned = Arc::new(AtomicBool::new(true));
+    rpc_server.gate_partitions({
+        let owned = owned.clone();
+        move |p| p != 3 || owned.load(Ordering::SeqCst)
+    });
+    rpc_server.serve_partitions([3, 4]).await.expect("serve");
+    let rpc = RpcClient::new(nats, names);
+    let call = |p: u32| rpc.app(APP).method("hit").partition(p).send::<(), u32>(&());
+    assert_eq!(call(3).await.expect("owned"), 1);
+    owned.store(false, Ordering::SeqCst);
+    match call(3).await {
+        Err(RpcError::Remote { code, .. }) => assert_eq!(code, ErrorCode::Unavailable),
+        other => panic!("a call of a partition no longer owned must be refused: {other:?}"),
+    }
+    assert_eq!(call(4).await.expect("other partitions unaffected"), 2);
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        2,
+        "the refused call ran no handler"
+    );
+    rpc_server.shutdown().await;
+}

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::header::HeaderName;
@@ -232,7 +232,13 @@ struct Shared<C> {
     histograms: HashMap<String, Histogram>,
     /// What `$SRV.INFO` reports about the routes served now.
     state: Mutex<ServingState>,
+    /// Whether this node may still run calls of a ring partition.
+    partition_gate: OnceLock<PartitionGate>,
 }
+
+/// Says whether calls of a ring partition may run here (see
+/// [`RpcServer::gate_partitions`]).
+type PartitionGate = Arc<dyn Fn(u32) -> bool + Send + Sync>;
 
 #[derive(Debug, Default, Clone)]
 struct ServingState {
@@ -329,6 +335,7 @@ impl<C: Clone + Send + Sync + 'static> RpcServer<C> {
             micro_id: nuid::next().to_string(),
             histograms,
             state: Mutex::new(ServingState::default()),
+            partition_gate: OnceLock::new(),
         });
         Ok(RpcServer {
             inner: Arc::new(Inner {
@@ -435,6 +442,16 @@ impl<C: Clone + Send + Sync + 'static> RpcServer<C> {
         if let Some(task) = stopping {
             let _ = task.await;
         }
+    }
+
+    /// Runs calls that arrive on a partition subject only while `owns`
+    /// says this node owns the partition; others are answered
+    /// `unavailable` without running the handler. This covers requests a
+    /// node received before it stopped owning but handles only after, such
+    /// as those buffered while it was paused. Set once; later calls are
+    /// ignored.
+    pub fn gate_partitions(&self, owns: impl Fn(u32) -> bool + Send + Sync + 'static) {
+        let _ = self.inner.shared.partition_gate.set(Arc::new(owns));
     }
 
     /// Starts serving ring partitions `partitions` (`P._.api.A.p.PART.>`);
@@ -826,6 +843,14 @@ async fn call<C: Clone + Send + Sync + 'static>(
     let bad = |what: &str, value: &str| {
         HandlerError::bad_request(format!("invalid {what} header `{value}`"))
     };
+    if let (Route::Partition(p), Some(owns)) = (route, shared.partition_gate.get()) {
+        if !owns(p) {
+            return Err(HandlerError::with_code(
+                ErrorCode::Unavailable,
+                format!("node {} does not own partition {p}", shared.node),
+            ));
+        }
+    }
     let codec = Codec::from_content_type(header(wire::name::CONTENT_TYPE))
         .map_err(HandlerError::bad_request)?;
     let budget = match header(wire::name::TIMEOUT_MS) {
