@@ -118,13 +118,13 @@ pub const HOOKS: &[HookDef] = &[
         name: "on_own",
         marker: "OnOwn",
         args: &[("partitions", Partitions)],
-        runtime: Later,
+        runtime: Builder,
     },
     HookDef {
         name: "on_release",
         marker: "OnRelease",
         args: &[("partitions", Partitions)],
-        runtime: Later,
+        runtime: Builder,
     },
     HookDef {
         name: "on_member_join",

@@ -257,8 +257,8 @@ pub fn hook_output<O: HookOutput>(output: O) -> HookResult {
     output.into_hook_result()
 }
 
-/// Takes a hook that this runtime has no behaviour for yet (`on_own`,
-/// `on_release`, `on_health_change`, `on_placement_invalid`): its type is
+/// Takes a hook that this runtime has no behaviour for yet
+/// (`on_health_change`, `on_placement_invalid`): its type is
 /// checked like any hook's, then it is dropped with a warning, once per
 /// built app.
 pub fn later_hook<A, F, Fut>(builder: AppBuilder, app: &str, hook: &str, f: F) -> AppBuilder
@@ -325,72 +325,8 @@ pub fn services(builder: AppBuilder, app: &str, services: &[ServiceSpec]) -> Res
 }
 
 /// The partitions of a ring app handed to `#[on_own]` and `#[on_release]`,
-/// in ascending order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Partitions(Vec<u32>);
-
-impl Partitions {
-    /// The partitions, sorted and without duplicates.
-    pub fn new(partitions: impl IntoIterator<Item = u32>) -> Self {
-        let mut v: Vec<u32> = partitions.into_iter().collect();
-        v.sort_unstable();
-        v.dedup();
-        Partitions(v)
-    }
-
-    /// The partitions as a slice.
-    pub fn as_slice(&self) -> &[u32] {
-        &self.0
-    }
-
-    /// Iterates over the partitions.
-    pub fn iter(&self) -> std::iter::Copied<std::slice::Iter<'_, u32>> {
-        self.0.iter().copied()
-    }
-
-    /// How many partitions.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether `partition` is one of them.
-    pub fn contains(&self, partition: u32) -> bool {
-        self.0.binary_search(&partition).is_ok()
-    }
-}
-
-impl From<Vec<u32>> for Partitions {
-    fn from(v: Vec<u32>) -> Self {
-        Partitions::new(v)
-    }
-}
-
-impl FromIterator<u32> for Partitions {
-    fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Self {
-        Partitions::new(iter)
-    }
-}
-
-impl IntoIterator for Partitions {
-    type Item = u32;
-    type IntoIter = std::vec::IntoIter<u32>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
-    }
-}
-
-impl<'a> IntoIterator for &'a Partitions {
-    type Item = u32;
-    type IntoIter = std::iter::Copied<std::slice::Iter<'a, u32>>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
+/// in ascending order (the runtime's type).
+pub use cluster_runtime::ring::Partitions;
 
 /// Marker traits: the struct side implements one per hook that fits the
 /// app's mode (hooks that fit every mode have none); the impl side calls the hook's check function with the app
