@@ -105,6 +105,7 @@ pub struct App {
     pub(crate) handlers: Handlers<AppContext>,
     pub(crate) kv: KvOptions,
     pub(crate) step_down_on_critical: bool,
+    pub(crate) max_in_flight: usize,
 }
 
 impl fmt::Debug for App {
@@ -143,6 +144,7 @@ impl App {
             lease_ttl: None,
             lease_timing: None,
             hook_timeout: Duration::from_secs(30),
+            max_in_flight: crate::rpc::ServerOptions::default().get_max_in_flight(),
             handoff_timeout: Duration::from_secs(10),
             hooks: Hooks::default(),
             ops: OpsOptions::default(),
@@ -190,6 +192,7 @@ pub struct AppBuilder {
     handler_errors: Vec<String>,
     kv: KvOptions,
     step_down_on_critical: bool,
+    max_in_flight: usize,
 }
 
 /// Data and ops options whose runtime parts arrive with later issues. They
@@ -308,6 +311,13 @@ impl AppBuilder {
     /// `docker:IMAGE`. Not supported by this runtime yet: `build` refuses it.
     pub fn backend(mut self, spec: impl Into<String>) -> Self {
         self.ops.backend = Some(spec.into());
+        self
+    }
+
+    /// How many calls this instance runs at once (default 256); further
+    /// requests wait for a slot (back-pressure) within their deadline.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
         self
     }
 
@@ -516,6 +526,12 @@ impl AppBuilder {
                 self.name, self.mode
             )));
         }
+        if self.max_in_flight == 0 {
+            return Err(Error::config(format!(
+                "app `{}`: max_in_flight must be ≥ 1",
+                self.name
+            )));
+        }
         if self.hook_timeout.is_zero() {
             return Err(Error::config(format!(
                 "app `{}`: hook_timeout must be > 0",
@@ -528,6 +544,7 @@ impl AppBuilder {
             placement,
             lease,
             hook_timeout: self.hook_timeout,
+            max_in_flight: self.max_in_flight,
             handoff_timeout: self.handoff_timeout,
             hooks: self.hooks,
             handlers: self.handlers,

@@ -17,6 +17,15 @@ pub use cluster_spec::naming::{
 /// contain `_`, so it cannot collide.
 pub const PLATFORM_SCOPE: &str = "_";
 
+/// Key of a ring app's partition count in its coordination bucket.
+pub const RING_CONFIG_KEY: &str = "ring";
+/// Prefix of a ring member's lease key (`member.<node>`).
+pub const RING_MEMBER_PREFIX: &str = "member.";
+/// Prefix of a partition claim key (`p.<N>`).
+pub const RING_CLAIM_PREFIX: &str = "p.";
+/// The keys a ring node watches, in one ordered consumer.
+pub const RING_WATCH_KEYS: [&str; 3] = ["ring", "member.>", "p.>"];
+
 /// The names belonging to one platform.
 ///
 /// ```

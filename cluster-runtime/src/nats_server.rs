@@ -1174,11 +1174,10 @@ mod tests {
     #[tokio::test]
     async fn whole_cluster_restarts_with_its_data() {
         let mut cluster = NatsCluster::start(3).await.expect("start cluster");
-        kv_bucket(cluster.client_urls(), "cold", 3)
-            .await
-            .put("k", "v".into())
-            .await
-            .expect("put");
+        let bucket = kv_bucket(cluster.client_urls(), "cold", 3).await;
+        // A just-created R3 stream may still be electing its leader: the
+        // first put can answer "stream not found" for a moment.
+        eventually("first put", || bucket.put("k", "v".into())).await;
         for server in cluster.servers_mut() {
             server.kill();
         }

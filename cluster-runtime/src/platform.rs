@@ -240,7 +240,9 @@ impl PlatformBuilder {
                 &config.node,
                 app.handlers.clone(),
                 ctx.clone(),
-                crate::rpc::ServerOptions::default().metrics(observe.metrics.rpc()),
+                crate::rpc::ServerOptions::default()
+                    .metrics(observe.metrics.rpc())
+                    .max_in_flight(app.max_in_flight),
             )
             .map_err(|e| Error::nats(format!("RPC server of app `{}`", app.name), e))?;
             rpc.start()

@@ -125,7 +125,13 @@ async fn node_id_placement_and_member_hooks_name_the_right_node() {
         .await
         .expect("active");
     assert_eq!(active, "m2", "m1 is not eligible");
-    assert_eq!(nodes.nodes[0].role("counter"), Some(Role::Stopped));
+    nodes
+        .wait_until(WAIT, || {
+            (nodes.nodes[0].role("counter") == Some(Role::Stopped)).then_some(())
+        })
+        .await
+        .expect("m1 reports stopped: it is not eligible");
+    assert_eq!(nodes.active_count("counter"), 1);
 
     let mut joiner =
         NodeProcess::spawn(spec(&url, "m3", "counter", "singleton", "node=m2|m3", "")).expect("m3");

@@ -14,11 +14,11 @@ use super::RingTable;
 use crate::error::{Error, Result};
 
 /// The key holding the ring's partition count.
-pub(crate) const CONFIG_KEY: &str = "ring";
+pub(crate) const CONFIG_KEY: &str = crate::naming::RING_CONFIG_KEY;
 /// The keys every ring node watches, in one ordered consumer.
-pub(crate) const WATCH_KEYS: [&str; 3] = [CONFIG_KEY, "member.>", "p.>"];
-const MEMBER_PREFIX: &str = "member.";
-const CLAIM_PREFIX: &str = "p.";
+pub(crate) const WATCH_KEYS: [&str; 3] = crate::naming::RING_WATCH_KEYS;
+const MEMBER_PREFIX: &str = crate::naming::RING_MEMBER_PREFIX;
+const CLAIM_PREFIX: &str = crate::naming::RING_CLAIM_PREFIX;
 
 /// The key of `node`'s ring member lease.
 pub(crate) fn member_key(node: &str) -> String {
