@@ -16,20 +16,23 @@
 //! (calls during the hand-off are retried by the client). A crashed node's
 //! entries are lost — this is a cache; a store would write through to KV.
 //!
+//! Callers use the generated client; each call is routed to the owner of
+//! its key's partition:
+//!
 //! ```no_run
-//! # async fn demo(rpc: cluster::runtime::rpc::RpcClient) -> Result<(), cluster::runtime::rpc::RpcError> {
-//! let cache = cache::CacheClient::new(&rpc);
-//! cache.put("user:1", "Ada").await?;
-//! assert_eq!(cache.get("user:1").await?.as_deref(), Some("Ada"));
+//! # async fn demo(ctx: &cluster::AppContext) -> Result<(), cluster::runtime::rpc::RpcError> {
+//! use cache::{Cache, Get, Put};
+//! let cache = cluster::call::<Cache>(ctx);
+//! cache.put(Put { key: "user:1".into(), value: "Ada".into() }).await?;
+//! assert_eq!(cache.get(Get { key: "user:1".into() }).await?.as_deref(), Some("Ada"));
 //! # Ok(()) }
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use cluster::prelude::*;
-use cluster::runtime::ring::Partitions;
-use cluster::runtime::rpc::{AppRef, HandlerError, RequestInfo, RpcClient, RpcError};
+use cluster::runtime::rpc::{HandlerError, RequestInfo};
 use serde::{Deserialize, Serialize};
 
 /// The app's wire name.
@@ -53,29 +56,12 @@ pub struct Get {
     pub key: String,
 }
 
-/// This node's entries, by partition (so a partition moves as one map).
-#[derive(Debug, Default, Clone)]
-pub struct Store {
-    partitions: Arc<Mutex<HashMap<u32, BTreeMap<String, String>>>>,
-}
-
-impl Store {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<u32, BTreeMap<String, String>>) -> T) -> T {
-        f(&mut self
-            .partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// How many entries this node holds.
-    pub fn len(&self) -> usize {
-        self.with(|m| m.values().map(BTreeMap::len).sum())
-    }
-
-    /// Whether this node holds no entry.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+/// The cache: this node's entries, by partition (so a partition moves as
+/// one map).
+#[cluster::app(mode = "ring(64)", name = "cache")]
+#[derive(Debug, Default)]
+pub struct Cache {
+    partitions: Mutex<HashMap<u32, BTreeMap<String, String>>>,
 }
 
 fn handoff_key(partition: u32) -> String {
@@ -94,99 +80,67 @@ fn check_route(ctx: &AppContext, key: &str) -> Result<u32, HandlerError> {
     }
 }
 
-/// The cache app, keeping its entries in `store`.
-pub fn app_with(store: Store) -> cluster::Result<App> {
-    let (on_own, on_release, put, get) = (store.clone(), store.clone(), store.clone(), store);
-    App::builder(NAME)
-        .mode(Mode::Ring(PARTITIONS))
-        .on_own(move |ctx, partitions: Partitions| {
-            let store = on_own.clone();
-            async move {
-                for p in &partitions {
-                    let key = handoff_key(p);
-                    let Some(entries) = ctx.kv().get_json::<BTreeMap<String, String>>(&key).await?
-                    else {
-                        continue;
-                    };
-                    store.with(|m| m.entry(p).or_default().extend(entries));
-                    ctx.kv().delete(&key).await?;
-                }
-                Ok(())
-            }
-        })
-        .on_release(move |ctx, partitions: Partitions| {
-            let store = on_release.clone();
-            async move {
-                for p in &partitions {
-                    let Some(entries) = store.with(|m| m.remove(&p)) else {
-                        continue;
-                    };
-                    if entries.is_empty() {
-                        continue;
-                    }
-                    if let Err(e) = ctx.kv().put_json(&handoff_key(p), &entries).await {
-                        // Keep them: better served again later than lost.
-                        store.with(|m| m.insert(p, entries));
-                        return Err(e.into());
-                    }
-                }
-                Ok(())
-            }
-        })
-        .handle("put", move |ctx, req: Put| {
-            let store = put.clone();
-            async move {
-                let p = check_route(&ctx, &req.key)?;
-                Ok::<_, HandlerError>(
-                    store.with(|m| m.entry(p).or_default().insert(req.key, req.value)),
-                )
-            }
-        })
-        .handle("get", move |ctx, req: Get| {
-            let store = get.clone();
-            async move {
-                let p = check_route(&ctx, &req.key)?;
-                Ok::<_, HandlerError>(
-                    store.with(|m| m.get(&p).and_then(|e| e.get(&req.key)).cloned()),
-                )
-            }
-        })
-        .build()
+impl Cache {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<u32, BTreeMap<String, String>>) -> T) -> T {
+        f(&mut self
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
-/// The cache app with a fresh store.
-pub fn app() -> cluster::Result<App> {
-    app_with(Store::default())
-}
-
-/// Calls the cache, routing each call to the owner of its key.
-#[derive(Debug, Clone)]
-pub struct CacheClient {
-    app: AppRef,
-}
-
-impl CacheClient {
-    /// A client calling through `rpc`.
-    pub fn new(rpc: &RpcClient) -> Self {
-        CacheClient {
-            app: rpc.app(NAME).ring(PARTITIONS),
+#[cluster::app]
+impl Cache {
+    /// Loads the entries the previous owner handed over.
+    #[on_own]
+    async fn own(&self, ctx: &AppContext, partitions: Partitions) -> cluster::Result<()> {
+        for p in &partitions {
+            let key = handoff_key(p);
+            let Some(entries) = ctx.kv().get_json::<BTreeMap<String, String>>(&key).await? else {
+                continue;
+            };
+            self.with(|m| m.entry(p).or_default().extend(entries));
+            ctx.kv().delete(&key).await?;
         }
+        Ok(())
+    }
+
+    /// Hands the partitions' entries over through the app's KV.
+    #[on_release]
+    async fn release(&self, ctx: &AppContext, partitions: Partitions) -> cluster::Result<()> {
+        for p in &partitions {
+            let Some(entries) = self.with(|m| m.remove(&p)) else {
+                continue;
+            };
+            if entries.is_empty() {
+                continue;
+            }
+            if let Err(e) = ctx.kv().put_json(&handoff_key(p), &entries).await {
+                // Keep them: better served again later than lost.
+                self.with(|m| m.insert(p, entries));
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// Stores `value` under `key`; returns the previous value.
-    pub async fn put(&self, key: &str, value: &str) -> Result<Option<String>, RpcError> {
-        let req = Put {
-            key: key.to_owned(),
-            value: value.to_owned(),
-        };
-        self.app.method("put").key(key).send(&req).await
+    #[handle(key = req.key)]
+    async fn put(&self, ctx: &AppContext, req: Put) -> Result<Option<String>, HandlerError> {
+        let p = check_route(ctx, &req.key)?;
+        Ok(self.with(|m| m.entry(p).or_default().insert(req.key, req.value)))
     }
 
     /// Reads `key`.
-    pub async fn get(&self, key: &str) -> Result<Option<String>, RpcError> {
-        let req = Get {
-            key: key.to_owned(),
-        };
-        self.app.method("get").key(key).send(&req).await
+    #[handle(key = req.key)]
+    async fn get(&self, ctx: &AppContext, req: Get) -> Result<Option<String>, HandlerError> {
+        let p = check_route(ctx, &req.key)?;
+        Ok(self.with(|m| m.get(&p).and_then(|e| e.get(&req.key)).cloned()))
+    }
+
+    /// How many entries this instance holds (call it per instance).
+    #[handle]
+    async fn entries(&self, _ctx: &AppContext) -> cluster::Result<usize> {
+        Ok(self.with(|m| m.values().map(BTreeMap::len).sum()))
     }
 }

@@ -16,6 +16,6 @@
 //! Stop one node (Ctrl-C): its partitions, with their entries, move to the
 //! other without a failed call.
 
-fn main() -> std::process::ExitCode {
-    cluster::run(|| Ok(vec![cache::app()?]))
-}
+// The app lives in the library (so tests can use it); naming it here keeps
+// the linker from dropping its registration.
+cluster::main!(apps = [cache::Cache]);

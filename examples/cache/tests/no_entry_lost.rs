@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cache::{CacheClient, Store, NAME, PARTITIONS};
+use cache::{Cache, Get, Put, NAME, PARTITIONS};
 use cluster::prelude::*;
 use cluster::runtime::naming::Names;
 use cluster::runtime::ring::assign;
@@ -14,7 +14,7 @@ use tokio::time::Instant;
 const ENTRIES: usize = 400;
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn start(url: &str, node: &str, store: Store) -> Platform {
+async fn start(url: &str, node: &str) -> Platform {
     let mut config = Config::default();
     config.nats.urls = vec![url.to_owned()];
     config.node = node.into();
@@ -22,7 +22,7 @@ async fn start(url: &str, node: &str, store: Store) -> Platform {
     config.health_addr = None;
     Platform::builder()
         .config(config)
-        .app(cache::app_with(store).expect("app"))
+        .app(cluster::__private::build_app::<Cache>().expect("app"))
         .start()
         .await
         .expect("start")
@@ -49,10 +49,21 @@ async fn converged(nodes: &[&Platform]) {
     }
 }
 
-async fn all_present(cache: &CacheClient) {
+/// Entries held by one node's instance (an instance call).
+async fn held(rpc: &RpcClient, node: &str) -> usize {
+    rpc.app(NAME)
+        .method("entries")
+        .instance(node)
+        .send(&())
+        .await
+        .expect("entries")
+}
+
+async fn all_present(rpc: &RpcClient) {
+    let cache = rpc.typed::<Cache>();
     for i in 0..ENTRIES {
         let key = format!("user:{i}");
-        let got = cache.get(&key).await.expect("get");
+        let got = cache.get(Get { key: key.clone() }).await.expect("get");
         assert_eq!(got, Some(format!("value {i}")), "{key}");
     }
 }
@@ -63,35 +74,42 @@ async fn no_entry_is_lost_across_a_join_and_a_leave() {
         .await
         .expect("nats");
     let url = server.url();
-    let (s1, s2, s3) = (Store::default(), Store::default(), Store::default());
-    let c1 = start(&url, "c1", s1.clone()).await;
-    let c2 = start(&url, "c2", s2.clone()).await;
+    let c1 = start(&url, "c1").await;
+    let c2 = start(&url, "c2").await;
     converged(&[&c1, &c2]).await;
 
     let nats = async_nats::connect(url.as_str()).await.expect("connect");
-    let cache = CacheClient::new(&RpcClient::new(nats, Names::new("t").expect("names")));
+    let rpc = RpcClient::new(nats, Names::new("t").expect("names"));
+    let cache = rpc.typed::<Cache>();
     for i in 0..ENTRIES {
-        let key = format!("user:{i}");
-        cache.put(&key, &format!("value {i}")).await.expect("put");
+        let put = Put {
+            key: format!("user:{i}"),
+            value: format!("value {i}"),
+        };
+        cache.put(put).await.expect("put");
     }
-    assert_eq!(s1.len() + s2.len(), ENTRIES);
-    assert!(!s1.is_empty() && !s2.is_empty(), "both nodes hold entries");
+    let (h1, h2) = (held(&rpc, "c1").await, held(&rpc, "c2").await);
+    assert_eq!(h1 + h2, ENTRIES);
+    assert!(h1 > 0 && h2 > 0, "both nodes hold entries");
 
     // Join: c3 takes about a third of the partitions, with their entries.
-    let c3 = start(&url, "c3", s3.clone()).await;
+    let c3 = start(&url, "c3").await;
     converged(&[&c1, &c2, &c3]).await;
-    all_present(&cache).await;
-    assert!(!s3.is_empty(), "entries moved to the new node");
-    assert_eq!(s1.len() + s2.len() + s3.len(), ENTRIES);
+    all_present(&rpc).await;
+    let h3 = held(&rpc, "c3").await;
+    assert!(h3 > 0, "entries moved to the new node");
+    assert_eq!(
+        held(&rpc, "c1").await + held(&rpc, "c2").await + h3,
+        ENTRIES
+    );
 
     // Graceful leave: c1's partitions and entries go to c2 and c3.
     c1.shutdown().await;
-    assert!(s1.is_empty(), "the leaving node handed everything over");
     converged(&[&c2, &c3]).await;
     // Reading every key also waits until every partition is served, that
     // is, until every `on_own` has loaded its entries.
-    all_present(&cache).await;
-    assert_eq!(s2.len() + s3.len(), ENTRIES);
+    all_present(&rpc).await;
+    assert_eq!(held(&rpc, "c2").await + held(&rpc, "c3").await, ENTRIES);
 
     c2.shutdown().await;
     c3.shutdown().await;
