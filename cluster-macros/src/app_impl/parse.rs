@@ -243,6 +243,68 @@ fn strip_misplaced(item: &mut ImplItem, errors: &mut Errors) {
     });
 }
 
+/// The checks hooks and handlers share: an `async fn`, not const, unsafe,
+/// extern or generic, taking `&self` first. `subject` names the method kind
+/// in messages ("a #[on_active] hook", "a handler"). Returns the span where
+/// a non-`Send` future is reported (the `async` token, or `fn` without one).
+fn check_shape(
+    sig: &syn::Signature,
+    subject: &str,
+    expected: &str,
+    errors: &mut Errors,
+    ok: &mut bool,
+) -> Span {
+    let mut fail = |errors: &mut Errors, span: Span, msg: String| {
+        errors.at(span, msg);
+        *ok = false;
+    };
+    if let Some(c) = &sig.constness {
+        fail(errors, c.span, format!("{subject} cannot be `const`"));
+    }
+    if let Some(u) = &sig.unsafety {
+        fail(errors, u.span, format!("{subject} cannot be `unsafe`"));
+    }
+    if let Some(abi) = &sig.abi {
+        fail(
+            errors,
+            abi.extern_token.span,
+            format!("{subject} cannot be `extern`"),
+        );
+    }
+    let async_span = match &sig.asyncness {
+        Some(a) => a.span,
+        None => {
+            fail(
+                errors,
+                sig.fn_token.span,
+                format!("{subject} must be an `async fn`: {expected}"),
+            );
+            sig.fn_token.span
+        }
+    };
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        fail(
+            errors,
+            sig.generics.span(),
+            format!("{subject} cannot have generic parameters: {expected}"),
+        );
+    }
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) if r.mutability.is_some() && r.reference.is_some() => fail(
+            errors,
+            r.span(),
+            format!(
+                "{subject} takes `&self`, not `&mut self`: the app is shared by all its hooks and handlers, so keep mutable state in atomics or locks"
+            ),
+        ),
+        Some(FnArg::Receiver(r)) => fail(errors, r.span(), format!("{subject} takes `&self`: {expected}")),
+        Some(FnArg::Typed(t)) => fail(errors, t.span(), format!("{subject} takes `&self` first: {expected}")),
+        None => fail(errors, sig.paren_token.span.join(), format!("{subject} takes `&self` first: {expected}")),
+    }
+    async_span
+}
+
 /// Checks a hook's signature against its definition.
 fn check_hook(
     def: &'static HookDef,
@@ -255,74 +317,17 @@ fn check_hook(
     let name = def.name;
     let expected = def.signature();
     let mut ok = true;
+    let async_span = check_shape(
+        sig,
+        &format!("a #[{name}] hook"),
+        &expected,
+        errors,
+        &mut ok,
+    );
     let mut fail = |errors: &mut Errors, span: Span, msg: String| {
         errors.at(span, msg);
         ok = false;
     };
-    if let Some(c) = &sig.constness {
-        fail(
-            errors,
-            c.span,
-            format!("a #[{name}] hook cannot be `const`"),
-        );
-    }
-    if let Some(u) = &sig.unsafety {
-        fail(
-            errors,
-            u.span,
-            format!("a #[{name}] hook cannot be `unsafe`"),
-        );
-    }
-    if let Some(abi) = &sig.abi {
-        fail(
-            errors,
-            abi.extern_token.span,
-            format!("a #[{name}] hook cannot be `extern`"),
-        );
-    }
-    let async_span = match &sig.asyncness {
-        Some(a) => a.span,
-        None => {
-            fail(
-                errors,
-                sig.fn_token.span,
-                format!("a #[{name}] hook must be an `async fn`: {expected}"),
-            );
-            sig.fn_token.span
-        }
-    };
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        fail(
-            errors,
-            sig.generics.span(),
-            format!("a #[{name}] hook cannot have generic parameters: {expected}"),
-        );
-    }
-    match sig.inputs.first() {
-        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
-        Some(FnArg::Receiver(r)) if r.mutability.is_some() && r.reference.is_some() => fail(
-            errors,
-            r.span(),
-            format!(
-                "a #[{name}] hook takes `&self`, not `&mut self`: the app is shared by all its hooks and handlers, so keep mutable state in atomics or locks"
-            ),
-        ),
-        Some(FnArg::Receiver(r)) => fail(
-            errors,
-            r.span(),
-            format!("a #[{name}] hook takes `&self`: {expected}"),
-        ),
-        Some(FnArg::Typed(t)) => fail(
-            errors,
-            t.span(),
-            format!("a #[{name}] hook takes `&self` first: {expected}"),
-        ),
-        None => fail(
-            errors,
-            sig.paren_token.span.join(),
-            format!("a #[{name}] hook takes `&self` first: {expected}"),
-        ),
-    }
     let inputs = sig.inputs.iter();
     let rest: Vec<&syn::PatType> = inputs
         .filter_map(|a| match a {
@@ -469,52 +474,11 @@ fn check_handler(
     }
 
     let sig = &method.sig;
+    let async_span = check_shape(sig, "a handler", EXPECTED, errors, &mut ok);
     let mut fail = |errors: &mut Errors, span: Span, msg: String| {
         errors.at(span, msg);
         ok = false;
     };
-    if let Some(c) = &sig.constness {
-        fail(errors, c.span, "a handler cannot be `const`".into());
-    }
-    if let Some(u) = &sig.unsafety {
-        fail(errors, u.span, "a handler cannot be `unsafe`".into());
-    }
-    if let Some(abi) = &sig.abi {
-        fail(
-            errors,
-            abi.extern_token.span,
-            "a handler cannot be `extern`".into(),
-        );
-    }
-    let async_span = match &sig.asyncness {
-        Some(a) => a.span,
-        None => {
-            fail(
-                errors,
-                sig.fn_token.span,
-                format!("a handler must be an `async fn`: {EXPECTED}"),
-            );
-            sig.fn_token.span
-        }
-    };
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        fail(
-            errors,
-            sig.generics.span(),
-            format!("a handler cannot have generic parameters: {EXPECTED}"),
-        );
-    }
-    match sig.inputs.first() {
-        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
-        Some(FnArg::Receiver(r)) if r.mutability.is_some() && r.reference.is_some() => fail(
-            errors,
-            r.span(),
-            "a handler takes `&self`, not `&mut self`: the app is shared by all its hooks and handlers, so keep mutable state in atomics or locks".into(),
-        ),
-        Some(FnArg::Receiver(r)) => fail(errors, r.span(), format!("a handler takes `&self`: {EXPECTED}")),
-        Some(FnArg::Typed(t)) => fail(errors, t.span(), format!("a handler takes `&self` first: {EXPECTED}")),
-        None => fail(errors, sig.paren_token.span.join(), format!("a handler takes `&self` first: {EXPECTED}")),
-    }
     let rest: Vec<&syn::PatType> = sig
         .inputs
         .iter()
