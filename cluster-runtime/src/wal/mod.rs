@@ -9,5 +9,10 @@
 //! - [`ltx`]: the LTX v3 file codec (encode, decode, file names) and the two
 //!   database-file helpers everything else builds on: a full-image snapshot
 //!   of a database file and applying a decoded file onto one.
+//! - [`bucket`]: the replica bucket (object store, Litestream's NATS layout).
 
+pub mod bucket;
+mod error;
 pub mod ltx;
+
+pub use error::WalError;
