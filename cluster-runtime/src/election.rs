@@ -176,6 +176,7 @@ impl Election {
         if role != Role::Standby {
             self.inst.set_role(Role::Standby, None, None);
             let _ = self.inst.hook("on_standby").await;
+            self.inst.activation.standby().await;
         }
     }
 
@@ -197,10 +198,16 @@ impl Election {
 
         let activation = tokio::select! {
             result = async {
-                self.inst.hook("on_active").await?;
+                // Data and ops first (DESIGN §4.7): promoted database, VIP,
+                // healthy backend, replication; then the app's hook.
+                if let Err(failed) = self.inst.activation.activate(epoch).await {
+                    tracing::warn!(step = failed.step, reason = %failed.reason, "activation failed");
+                    return Err(());
+                }
+                self.inst.hook("on_active").await.map_err(|_| ())?;
                 // Serve only once on_active has restored the app's state.
-                self.inst.serve(crate::rpc::ApiMode::Exclusive).await
-            } => result.map_err(|_| None),
+                self.inst.serve(crate::rpc::ApiMode::Exclusive).await.map_err(|_| ())
+            } => result.map_err(|()| None),
             reason = held.lost() => Err(Some(reason)),
         };
         match activation {
@@ -238,8 +245,12 @@ impl Election {
                 Ended::GaveUp(self.key.timing().ttl)
             }
             Next::Partitioned => {
-                // Our membership record lapsed: we are cut off. Demote now.
-                self.step_down(&held).await;
+                // Our membership record lapsed: we are cut off. Demote now,
+                // without waiting on NATS for anything.
+                self.demote(&held, Role::Standby, true).await;
+                if let Err(e) = held.release().await {
+                    tracing::debug!(error = %e, "could not delete the election key; it will expire");
+                }
                 Ended::Lost
             }
             Next::Shutdown => {
@@ -252,22 +263,29 @@ impl Election {
     /// Lease lost under us: demote, then carry on as a candidate.
     async fn lost(&self, held: &HeldLease, reason: LostReason) -> Ended {
         tracing::warn!(?reason, "lost the active role");
-        self.demote(held, Role::Standby).await;
+        self.demote(held, Role::Standby, true).await;
         Ended::Lost
     }
 
-    /// Stops being active: the context turns inactive, the role change is
+    /// Stops being active: calls stop, the data and ops steps are undone in
+    /// reverse (DESIGN §4.7), the context turns inactive, the role change is
     /// recorded — with the lease's deadline when that has already passed (a
     /// paused or cut-off node notices late, but stopped being valid at its
-    /// deadline) — and `on_standby` runs.
-    async fn demote(&self, held: &HeldLease, role: Role) {
+    /// deadline) — `on_standby` runs and the passive restore starts.
+    /// `lease_lost`: the lease is not ours any more, so steps skip what
+    /// needs it (the final WAL flush).
+    async fn demote(&self, held: &HeldLease, role: Role, lease_lost: bool) {
         // Stop answering calls first: a demoted instance must not serve.
         self.inst.unserve().await;
+        self.inst.activation.deactivate(lease_lost).await;
         self.inst.ctx.set_validity(None);
         let valid_until = clock::instant_ns(held.validity().valid_until());
         let valid_until_ns = (valid_until < clock::monotonic_ns()).then_some(valid_until);
         self.inst.set_role(role, None, valid_until_ns);
         let _ = self.inst.hook("on_standby").await;
+        if role == Role::Standby {
+            self.inst.activation.standby().await;
+        }
     }
 
     /// Graceful hand-over: demote locally first (hooks run), then delete the
@@ -278,7 +296,7 @@ impl Election {
         } else {
             Role::Standby
         };
-        self.demote(held, role).await;
+        self.demote(held, role, false).await;
         if let Err(e) = held.release().await {
             tracing::warn!(error = %e, "could not delete the election key; it will expire");
         }

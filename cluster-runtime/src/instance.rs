@@ -47,6 +47,8 @@ pub(crate) struct Instance {
     pub(crate) rpc: crate::rpc::RpcServer<AppContext>,
     /// The last (leader, epoch) this node saw, for `election.leader_lost`.
     pub(crate) seen_leader: std::sync::Mutex<Option<(String, u64)>>,
+    /// Data and ops steps of becoming active (empty for most apps).
+    pub(crate) activation: crate::activation::Activation,
 }
 
 impl Instance {

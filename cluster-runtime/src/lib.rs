@@ -6,6 +6,7 @@
 //! [`naming`]. See `docs/` for the user guide and the NATS
 //! design.
 
+mod activation;
 pub mod app;
 pub mod clock;
 pub mod config;

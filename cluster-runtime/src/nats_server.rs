@@ -236,6 +236,9 @@ pub struct ServerOptions {
     /// Extra nats-server configuration appended verbatim (e.g. an
     /// `authorization { ... }` block for auth tests).
     pub extra_config: Option<String>,
+    /// Accept clients on every interface (`0.0.0.0`), not only loopback:
+    /// for nodes in other network namespaces (default `false`).
+    pub listen_any: bool,
 }
 
 impl Default for ServerOptions {
@@ -249,6 +252,7 @@ impl Default for ServerOptions {
             binary: None,
             start_timeout: DEFAULT_START_TIMEOUT,
             extra_config: None,
+            listen_any: false,
         }
     }
 }
@@ -625,7 +629,8 @@ fn render_config(
     if let Some(name) = &opts.server_name {
         let _ = writeln!(c, "server_name: {}", q(name));
     }
-    let _ = writeln!(c, "listen: \"127.0.0.1:{}\"", ports.client);
+    let host = if opts.listen_any { "0.0.0.0" } else { "127.0.0.1" };
+    let _ = writeln!(c, "listen: \"{host}:{}\"", ports.client);
     let _ = writeln!(c, "http: \"127.0.0.1:{}\"", ports.http);
     if let Some(max) = opts.max_payload {
         let _ = writeln!(c, "max_payload: {max}");

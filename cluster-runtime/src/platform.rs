@@ -257,6 +257,13 @@ impl PlatformBuilder {
                 ownership_observer: self.ownership_observer.clone(),
                 rpc: rpc.clone(),
                 seen_leader: std::sync::Mutex::new(None),
+                activation: crate::activation::Activation::new(
+                    &app.name,
+                    &config.node,
+                    Vec::new(),
+                    ctx.audit().clone(),
+                    observe.metrics.clone(),
+                ),
             });
             tasks.push(tokio::spawn(app_check(
                 observe.health.clone(),

@@ -65,6 +65,12 @@ struct Inner {
     health: IntGaugeVec,
     partitions: IntGaugeVec,
     audit_dropped: IntCounterVec,
+    backend_up: IntGaugeVec,
+    vip_held: IntGaugeVec,
+    activation_step: HistogramVec,
+    replication_lag: prometheus::GaugeVec,
+    wal_bytes: IntCounterVec,
+    snapshot_size: IntGaugeVec,
 }
 
 impl fmt::Debug for Metrics {
@@ -74,6 +80,11 @@ impl fmt::Debug for Metrics {
             .finish_non_exhaustive()
     }
 }
+
+/// Activation step buckets (seconds): 1 ms to 60 s.
+const STEP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// Latency buckets for RPC (seconds): 50 µs to 10 s.
 const RPC_BUCKETS: &[f64] = &[
@@ -164,6 +175,44 @@ impl Metrics {
                 "Automatic audit entries dropped because the publisher queue was full",
                 &["platform"],
             )?,
+            backend_up: gauge(
+                "gc_backend_up",
+                "1 while this node runs the app's managed backend and it is healthy, else 0",
+                &["platform", "app", "node"],
+            )?,
+            vip_held: gauge(
+                "gc_vip_held",
+                "1 while this node holds the app's virtual IP, else 0",
+                &["platform", "app", "node"],
+            )?,
+            activation_step: histogram(
+                "gc_activation_step_seconds",
+                "Duration of each step of becoming active (up) or stepping down (down)",
+                STEP_BUCKETS,
+                &["platform", "app", "step", "direction"],
+            )?,
+            replication_lag: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "gc_replication_lag_seconds",
+                        "Primary: age of the oldest commit not yet stored in JetStream; replica: how far the local replica trails the newest stored commit",
+                    ),
+                    &["platform", "app", "node"],
+                )
+                .map_err(metric_err)?;
+                registry.register(Box::new(g.clone())).map_err(metric_err)?;
+                g
+            },
+            wal_bytes: counter(
+                "gc_wal_bytes_total",
+                "Bytes of LTX files this node shipped to the app's replica bucket",
+                &["platform", "app"],
+            )?,
+            snapshot_size: gauge(
+                "gc_snapshot_size_bytes",
+                "Size of the app's latest snapshot written by this node",
+                &["platform", "app"],
+            )?,
             registry,
         };
         Ok(Metrics {
@@ -223,6 +272,49 @@ impl Metrics {
             .audit_dropped
             .with_label_values(&[&self.inner.platform])
             .inc();
+    }
+
+    pub(crate) fn set_backend_up(&self, app: &str, node: &str, up: bool) {
+        self.inner
+            .backend_up
+            .with_label_values(&[&self.inner.platform, app, node])
+            .set(i64::from(up));
+    }
+
+    pub(crate) fn set_vip_held(&self, app: &str, node: &str, held: bool) {
+        self.inner
+            .vip_held
+            .with_label_values(&[&self.inner.platform, app, node])
+            .set(i64::from(held));
+    }
+
+    pub(crate) fn observe_step(&self, app: &str, step: &str, up: bool, took: Duration) {
+        let direction = if up { "up" } else { "down" };
+        self.inner
+            .activation_step
+            .with_label_values(&[&self.inner.platform, app, step, direction])
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn set_replication_lag(&self, app: &str, node: &str, lag: Duration) {
+        self.inner
+            .replication_lag
+            .with_label_values(&[&self.inner.platform, app, node])
+            .set(lag.as_secs_f64());
+    }
+
+    pub(crate) fn add_wal_bytes(&self, app: &str, bytes: u64) {
+        self.inner
+            .wal_bytes
+            .with_label_values(&[&self.inner.platform, app])
+            .inc_by(bytes);
+    }
+
+    pub(crate) fn set_snapshot_size(&self, app: &str, bytes: u64) {
+        self.inner
+            .snapshot_size
+            .with_label_values(&[&self.inner.platform, app])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The gauge `gc_partitions_owned{app, node}` (set by ring apps).

@@ -1,0 +1,214 @@
+//! The ordered, undoable steps a singleton's node takes to become active and
+//! to stop being active (DESIGN §4.7): WAL catch-up and promotion, the
+//! virtual IP, the managed backend, primary replication.
+//!
+//! Becoming active runs the steps in order, each timed (metric
+//! `gc_activation_step_seconds`), audited (`<step>.<up action>`) and undone
+//! in reverse if a later one fails — the election then gives the lease up
+//! with a back-off (flap damping) so another node can take over. Stepping
+//! down runs the `down` of every step that is up, in reverse order, and
+//! carries on past a failing one: a half-stopped node must still release
+//! everything it can. While standby, steps may run work of their own (the
+//! passive restore of the database).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use crate::observe::{AppAudit, Metrics};
+
+/// What one step does, in both directions.
+pub(crate) trait StepImpl: Send + Sync {
+    /// Takes the step as the holder of `epoch`; returns audit details.
+    fn up(&self, epoch: u64) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// Undoes it. `lease_lost`: the lease is no longer ours (expired, taken
+    /// or cut off) — skip anything that needs it (a final flush), be quick.
+    fn down(&self, lease_lost: bool) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// Runs while the node is standby (idempotent; called on every entry
+    /// into standby and after each step-down).
+    fn standby(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// Whether this step is up, for the gauges.
+    fn gauge(&self) -> Option<Gauge> {
+        None
+    }
+}
+
+/// A gauge a step keeps at 1 while it is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gauge {
+    BackendUp,
+    VipHeld,
+}
+
+/// One named step.
+pub(crate) struct Step {
+    /// Short name (`wal.promote`, `vip`, `backend`, `wal.replicate`).
+    pub(crate) name: &'static str,
+    /// Audit action on success up (`vip.acquired`).
+    pub(crate) up_action: &'static str,
+    /// Audit action on success down (`vip.released`).
+    pub(crate) down_action: &'static str,
+    pub(crate) imp: Box<dyn StepImpl>,
+}
+
+/// The steps of one app on this node, and how many of them are up.
+pub(crate) struct Activation {
+    app: String,
+    node: String,
+    steps: Vec<Step>,
+    up: Mutex<usize>,
+    audit: AppAudit,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.steps.iter().map(|s| s.name).collect();
+        f.debug_struct("Activation")
+            .field("app", &self.app)
+            .field("steps", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A step that failed while becoming active.
+#[derive(Debug)]
+pub(crate) struct StepFailed {
+    pub(crate) step: &'static str,
+    pub(crate) reason: String,
+}
+
+impl Activation {
+    pub(crate) fn new(
+        app: &str,
+        node: &str,
+        steps: Vec<Step>,
+        audit: AppAudit,
+        metrics: Metrics,
+    ) -> Self {
+        Activation {
+            app: app.to_owned(),
+            node: node.to_owned(),
+            steps,
+            up: Mutex::new(0),
+            audit,
+            metrics,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    fn up_count(&self) -> usize {
+        self.up.lock().map(|n| *n).unwrap_or(0)
+    }
+
+    fn set_up_count(&self, n: usize) {
+        if let Ok(mut up) = self.up.lock() {
+            *up = n;
+        }
+    }
+
+    fn set_gauge(&self, step: &Step, on: bool) {
+        match step.imp.gauge() {
+            Some(Gauge::BackendUp) => self.metrics.set_backend_up(&self.app, &self.node, on),
+            Some(Gauge::VipHeld) => self.metrics.set_vip_held(&self.app, &self.node, on),
+            None => {}
+        }
+    }
+
+    /// Takes every step in order. On a failure, undoes the steps already
+    /// taken (and the failed one's partial work), in reverse, and says which
+    /// step failed. If the caller drops this future (the lease was lost
+    /// meanwhile), it must call [`deactivate`](Self::deactivate), which
+    /// undoes the same steps.
+    pub(crate) async fn activate(&self, epoch: u64) -> Result<(), StepFailed> {
+        for (i, step) in self.steps.iter().enumerate() {
+            // Counted as up before it runs: if it fails half-way (or the
+            // lease is lost meanwhile), its idempotent `down` cleans up.
+            self.set_up_count(i + 1);
+            let started = Instant::now();
+            let result = step.imp.up(epoch).await;
+            let took = started.elapsed();
+            self.metrics.observe_step(&self.app, step.name, true, took);
+            match result {
+                Ok(mut details) => {
+                    add_timing(&mut details, epoch, took);
+                    tracing::info!(app = %self.app, step = step.name, ?took, "activation step done");
+                    self.audit.record(step.up_action, details, None);
+                    self.set_gauge(step, true);
+                }
+                Err(reason) => {
+                    tracing::warn!(app = %self.app, step = step.name, %reason, "activation step failed; undoing");
+                    self.audit.record(
+                        &format!("{}.failed", step.name),
+                        serde_json::json!({ "epoch": epoch, "reason": reason, "ms": ms(took) }),
+                        None,
+                    );
+                    self.deactivate(false).await;
+                    return Err(StepFailed {
+                        step: step.name,
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes every step that is up, in reverse order; carries on past a
+    /// failure (logged and audited).
+    pub(crate) async fn deactivate(&self, lease_lost: bool) {
+        let up = self.up_count();
+        for step in self.steps[..up].iter().rev() {
+            let started = Instant::now();
+            let result = step.imp.down(lease_lost).await;
+            let took = started.elapsed();
+            self.metrics.observe_step(&self.app, step.name, false, took);
+            self.set_gauge(step, false);
+            match result {
+                Ok(mut details) => {
+                    if let Some(map) = details.as_object_mut() {
+                        map.insert("ms".into(), ms(took).into());
+                        map.insert("lease_lost".into(), lease_lost.into());
+                    }
+                    self.audit.record(step.down_action, details, None);
+                }
+                Err(reason) => {
+                    tracing::warn!(app = %self.app, step = step.name, %reason, "step-down step failed");
+                    self.audit.record(
+                        &format!("{}.down_failed", step.name),
+                        serde_json::json!({ "reason": reason, "ms": ms(took) }),
+                        None,
+                    );
+                }
+            }
+        }
+        self.set_up_count(0);
+    }
+
+    /// Runs each step's standby work (the passive restore).
+    pub(crate) async fn standby(&self) {
+        for step in &self.steps {
+            step.imp.standby().await;
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn add_timing(details: &mut serde_json::Value, epoch: u64, took: Duration) {
+    if !details.is_object() {
+        *details = serde_json::json!({});
+    }
+    if let Some(map) = details.as_object_mut() {
+        map.insert("epoch".into(), epoch.into());
+        map.insert("ms".into(), ms(took).into());
+    }
+}
