@@ -280,3 +280,34 @@ async fn errors_name_the_interface_and_the_capability() {
         addrs(h)
     );
 }
+
+#[tokio::test]
+#[ignore = "privileged: run by .ci/run"]
+async fn refresh_puts_a_removed_vip_back_while_held() {
+    let lab = Lab::new("vref", 1).expect("lab");
+    let h = lab.host(1);
+    let cidr = format!("{}/24", lab.addr(100));
+    let mut c = h.command(tool());
+    c.args([
+        "hold",
+        &cidr,
+        "dev",
+        "eth0",
+        "--repeat-after-ms",
+        "100",
+        "--refresh-ms",
+        "100",
+    ]);
+    let holder = ChildProcess::spawn(&mut c).expect("start hold");
+    assert!(
+        holder.wait_for_line(|l| l == "held", WAIT).await.is_some(),
+        "hold never said held: {}",
+        holder.stderr_text()
+    );
+    // Someone else removes the address behind the holder's back.
+    h.ip(&["addr", "del", &cidr, "dev", "eth0"])
+        .expect("ip addr del");
+    until("the refresh adds the VIP back", || has_addr(h, &cidr));
+    stop(holder).await;
+    assert!(!has_addr(h, &cidr), "{}", addrs(h));
+}
