@@ -30,6 +30,8 @@ pub mod pool;
 pub mod ring;
 pub mod rpc;
 pub mod transport;
+#[cfg(target_os = "linux")]
+pub mod vip;
 pub mod wal;
 
 pub use app::{App, AppContext, Mode, Role};

@@ -6,6 +6,8 @@
 //! can be SIGKILLed, SIGSTOPped and restarted.
 
 pub mod invariants;
+#[cfg(target_os = "linux")]
+pub mod netns;
 pub mod node;
 pub mod process;
 
