@@ -106,6 +106,20 @@ pub struct App {
     pub(crate) kv: KvOptions,
     pub(crate) step_down_on_critical: bool,
     pub(crate) max_in_flight: usize,
+    pub(crate) ops: Ops,
+}
+
+/// The data and ops options of a singleton, parsed: what its activation
+/// steps manage (DESIGN §4.7).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ops {
+    /// The replicated database (relative paths resolve against the node's
+    /// data directory).
+    pub(crate) sqlite: Option<std::path::PathBuf>,
+    /// The virtual IP.
+    pub(crate) vip: Option<cluster_spec::ops::Vip>,
+    /// The managed backend.
+    pub(crate) backend: Option<cluster_spec::ops::Backend>,
 }
 
 impl fmt::Debug for App {
@@ -195,9 +209,7 @@ pub struct AppBuilder {
     max_in_flight: usize,
 }
 
-/// Data and ops options whose runtime parts arrive with later issues. They
-/// are accepted (so the macros can pass them through) and refused by
-/// [`AppBuilder::build`] with a message saying what is not there yet.
+/// Data and ops options as given, parsed by [`AppBuilder::build`].
 #[derive(Debug, Clone, Default)]
 struct OpsOptions {
     sqlite: Option<String>,
@@ -293,22 +305,28 @@ impl AppBuilder {
         self
     }
 
-    /// A replicated SQLite database at `path` (singletons only). Not
-    /// supported by this runtime yet: `build` refuses it.
+    /// A replicated SQLite database at `path` (singletons only): the active
+    /// instance writes it through [`AppContext::db`] and ships every commit
+    /// to the app's replica bucket; standbys follow it in `PATH-replica`
+    /// and the new active promotes that file on failover. A relative path
+    /// resolves against the node's data directory (`--data-dir`).
     pub fn sqlite(mut self, path: impl Into<String>) -> Self {
         self.ops.sqlite = Some(path.into());
         self
     }
 
-    /// A virtual IP, `"CIDR dev IFACE"` (singletons only). Not supported by
-    /// this runtime yet: `build` refuses it.
+    /// A virtual IP, `"CIDR dev IFACE"` (singletons only), held by the
+    /// active instance while its lease is valid, announced with gratuitous
+    /// ARP. Needs `CAP_NET_ADMIN` and `CAP_NET_RAW`.
     pub fn vip(mut self, spec: impl Into<String>) -> Self {
         self.ops.vip = Some(spec.into());
         self
     }
 
     /// A managed backend, `systemd:UNIT`, `process:CMD ...` or
-    /// `docker:IMAGE`. Not supported by this runtime yet: `build` refuses it.
+    /// `docker:IMAGE`: a singleton's runs on the active instance (started
+    /// before it serves, stopped before the VIP is released); a pool's runs
+    /// on every running instance.
     pub fn backend(mut self, spec: impl Into<String>) -> Self {
         self.ops.backend = Some(spec.into());
         self
@@ -474,25 +492,20 @@ impl AppBuilder {
                 self.name
             )));
         }
-        for (option, value, singleton_only) in [
-            ("sqlite", &self.ops.sqlite, true),
-            ("vip", &self.ops.vip, true),
-            ("backend", &self.ops.backend, false),
+        for (option, set) in [
+            ("sqlite", self.ops.sqlite.is_some()),
+            ("vip", self.ops.vip.is_some()),
+            ("backend", self.ops.backend.is_some()),
         ] {
-            if value.is_none() {
-                continue;
+            if set {
+                cluster_spec::fit::option_fits(option, self.mode)
+                    .map_err(|e| Error::config(format!("app `{}`: {e}", self.name)))?;
             }
-            if singleton_only && self.mode != Mode::Singleton {
-                return Err(Error::config(format!(
-                    "app `{}`: `{option}` needs mode singleton (this app is {})",
-                    self.name, self.mode
-                )));
-            }
-            return Err(Error::config(format!(
-                "app `{}`: `{option}` is not supported by this runtime yet (it arrives with its issue)",
-                self.name
-            )));
         }
+        let ops = self
+            .ops
+            .parse()
+            .map_err(|e| Error::config(format!("app `{}`: {e}", self.name)))?;
         let is_ring = matches!(self.mode, Mode::Ring(_));
         for (hook, set) in [
             ("on_own", self.hooks.on_own.is_some()),
@@ -550,6 +563,34 @@ impl AppBuilder {
             handlers: self.handlers,
             kv: self.kv,
             step_down_on_critical: self.step_down_on_critical,
+            ops,
+        })
+    }
+}
+
+impl OpsOptions {
+    fn parse(&self) -> std::result::Result<Ops, String> {
+        let sqlite = match &self.sqlite {
+            Some(path) => {
+                cluster_spec::ops::check_sqlite_path(path)?;
+                Some(std::path::PathBuf::from(path))
+            }
+            None => None,
+        };
+        let vip = self
+            .vip
+            .as_deref()
+            .map(cluster_spec::ops::Vip::parse)
+            .transpose()?;
+        let backend = self
+            .backend
+            .as_deref()
+            .map(cluster_spec::ops::Backend::parse)
+            .transpose()?;
+        Ok(Ops {
+            sqlite,
+            vip,
+            backend,
         })
     }
 }

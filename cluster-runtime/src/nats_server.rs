@@ -629,7 +629,11 @@ fn render_config(
     if let Some(name) = &opts.server_name {
         let _ = writeln!(c, "server_name: {}", q(name));
     }
-    let host = if opts.listen_any { "0.0.0.0" } else { "127.0.0.1" };
+    let host = if opts.listen_any {
+        "0.0.0.0"
+    } else {
+        "127.0.0.1"
+    };
     let _ = writeln!(c, "listen: \"{host}:{}\"", ports.client);
     let _ = writeln!(c, "http: \"127.0.0.1:{}\"", ports.http);
     if let Some(max) = opts.max_payload {

@@ -260,7 +260,7 @@ impl PlatformBuilder {
                 activation: crate::activation::Activation::new(
                     &app.name,
                     &config.node,
-                    Vec::new(),
+                    crate::activation::steps_for(&app)?,
                     ctx.audit().clone(),
                     observe.metrics.clone(),
                 ),

@@ -66,8 +66,13 @@ pub(crate) async fn run(inst: Arc<Instance>, mut shutdown: watch::Receiver<bool>
         if desired && !running && may_start {
             inst.set_role(Role::Running, None, None);
             let started = async {
-                inst.hook("on_start").await?;
-                inst.serve(crate::rpc::ApiMode::Pool).await
+                // A pool instance's backend runs while the instance runs.
+                if let Err(failed) = inst.activation.activate(0).await {
+                    tracing::warn!(step = failed.step, reason = %failed.reason, "start failed");
+                    return Err(());
+                }
+                inst.hook("on_start").await.map_err(|_| ())?;
+                inst.serve(crate::rpc::ApiMode::Pool).await.map_err(|_| ())
             };
             if started.await.is_ok() {
                 running = true;
@@ -77,11 +82,13 @@ pub(crate) async fn run(inst: Arc<Instance>, mut shutdown: watch::Receiver<bool>
                 failures += 1;
                 retry_at = Some(tokio::time::Instant::now() + flap_backoff(failures));
                 inst.unserve().await;
+                inst.activation.deactivate(false).await;
                 inst.set_role(Role::Stopped, None, None);
             }
         } else if !desired && running {
             running = false;
             inst.unserve().await;
+            inst.activation.deactivate(false).await;
             inst.set_role(Role::Stopped, None, None);
             let _ = inst.hook("on_stop").await;
         }

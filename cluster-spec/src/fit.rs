@@ -32,6 +32,11 @@ pub fn option_fits(option: &str, mode: Mode) -> Result<(), String> {
             "a replicated database has one writer, the active instance"
         }
         "vip" if mode != Mode::Singleton => "a virtual IP follows the one active instance",
+        "backend" if matches!(mode, Mode::Ring(_)) => {
+            return Err(format!(
+                "`backend` needs mode singleton, spread or replicas(N) (this app is {mode}): a ring's partitions move one by one, a backend process cannot follow them"
+            ))
+        }
         "lease_ttl" if !matches!(mode, Mode::Singleton | Mode::Ring(_)) => {
             return Err(format!(
                 "`lease_ttl` needs mode singleton or ring(P) (this app is {mode}): only elections and partition claims hold leases"
@@ -197,6 +202,7 @@ mod tests {
             .expect_err("ring")
             .contains("this app is ring(8)"));
         assert!(option_fits("backend", Mode::Spread).is_ok());
+        assert!(option_fits("backend", Mode::Ring(8)).is_err());
         assert!(option_fits("lease_ttl", Mode::Ring(8)).is_ok());
         assert!(option_fits("lease_ttl", Mode::Spread).is_err());
         assert!(option_fits("weight", Mode::Spread).is_ok());

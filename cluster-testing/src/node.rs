@@ -104,6 +104,10 @@ pub struct NodeSpec {
     pub lease_ttl_secs: u64,
     /// Active tick period in ms (0 = no ticks).
     pub tick_ms: u64,
+    /// Run the node inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// More arguments for `cluster-test-node` (`--vip`, `--backend`, ...).
+    pub extra_args: Vec<String>,
 }
 
 impl NodeSpec {
@@ -120,11 +124,21 @@ impl NodeSpec {
             labels: String::new(),
             lease_ttl_secs: 1,
             tick_ms: 20,
+            netns: None,
+            extra_args: Vec::new(),
         }
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the binary: the pid stays the node's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.args([
             "--nats",
             &self.nats,
@@ -153,6 +167,7 @@ impl NodeSpec {
         if !self.labels.is_empty() {
             cmd.args(["--label", &self.labels]);
         }
+        cmd.args(&self.extra_args);
         cmd
     }
 }

@@ -39,6 +39,15 @@ struct Args {
     /// While active, emit a tick every this many ms (0 = never).
     #[arg(long, default_value_t = 0)]
     tick_ms: u64,
+    /// A virtual IP for the app (`CIDR dev IFACE`).
+    #[arg(long)]
+    vip: Option<String>,
+    /// A managed backend for the app (`process:CMD ...`, ...).
+    #[arg(long)]
+    backend: Option<String>,
+    /// A replicated SQLite database for the app.
+    #[arg(long)]
+    sqlite: Option<String>,
 }
 
 fn emit(event: &NodeEvent) {
@@ -190,6 +199,15 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
                 });
                 Ok(())
             });
+    }
+    if let Some(vip) = &args.vip {
+        app = app.vip(vip.clone());
+    }
+    if let Some(backend) = &args.backend {
+        app = app.backend(backend.clone());
+    }
+    if let Some(sqlite) = &args.sqlite {
+        app = app.sqlite(sqlite.clone());
     }
     let app = app.build()?;
     let platform = Platform::builder()

@@ -11,12 +11,29 @@
 //! everything it can. While standby, steps may run work of their own (the
 //! passive restore of the database).
 
+mod vip;
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
+use crate::app::App;
+use crate::error::{Error, Result};
 use crate::observe::{AppAudit, Metrics};
+
+/// Builds the steps an app's options call for, in the order of DESIGN
+/// §4.7. Checks what can be checked before the node joins (interface and
+/// capabilities for the VIP), so a misconfigured node fails at start-up.
+pub(crate) fn steps_for(app: &App) -> Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    if let Some(spec) = &app.ops.vip {
+        let manager = crate::vip::VipManager::new(crate::vip::VipConfig::new(spec.clone()))
+            .map_err(|e| Error::config(format!("app `{}`: {e}", app.name)))?;
+        steps.push(vip::step(manager));
+    }
+    Ok(steps)
+}
 
 /// What one step does, in both directions.
 pub(crate) trait StepImpl: Send + Sync {
@@ -97,10 +114,6 @@ impl Activation {
             audit,
             metrics,
         }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.steps.is_empty()
     }
 
     fn up_count(&self) -> usize {

@@ -1,0 +1,41 @@
+//! The virtual-IP step: acquire on becoming active, release on demotion.
+
+use futures::future::BoxFuture;
+
+use super::{Gauge, Step, StepImpl};
+use crate::vip::VipManager;
+
+struct VipStep {
+    manager: VipManager,
+}
+
+/// The step for `vip = "CIDR dev IFACE"`.
+pub(crate) fn step(manager: VipManager) -> Step {
+    Step {
+        name: "vip",
+        up_action: "vip.acquired",
+        down_action: "vip.released",
+        imp: Box::new(VipStep { manager }),
+    }
+}
+
+impl StepImpl for VipStep {
+    fn up(&self, _epoch: u64) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            self.manager.acquire().await.map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({ "vip": self.manager.config().vip.to_string() }))
+        })
+    }
+
+    fn down(&self, _lease_lost: bool) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        // One netlink round trip, never waits on NATS: also right when cut off.
+        Box::pin(async move {
+            self.manager.release().await.map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({ "vip": self.manager.config().vip.to_string() }))
+        })
+    }
+
+    fn gauge(&self) -> Option<Gauge> {
+        Some(Gauge::VipHeld)
+    }
+}
