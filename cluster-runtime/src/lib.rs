@@ -29,6 +29,7 @@ pub mod platform;
 pub mod pool;
 pub mod ring;
 pub mod rpc;
+pub mod sd_notify;
 pub mod transport;
 #[cfg(target_os = "linux")]
 pub mod vip;

@@ -561,9 +561,31 @@ impl Platform {
             signal(SignalKind::terminate()).map_err(|e| Error::io("install SIGTERM handler", e))?;
         let mut int =
             signal(SignalKind::interrupt()).map_err(|e| Error::io("install SIGINT handler", e))?;
+        let notifier = crate::sd_notify::Notifier::from_env();
+        let service_manager = async {
+            let Some(n) = &notifier else {
+                return std::future::pending().await;
+            };
+            // READY=1 once the node passes the same test as `GET /ready`.
+            while readiness(&self.shared).is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            n.notify(&format!("READY=1\nSTATUS=node {} ready", self.node()));
+            match n.watchdog_interval() {
+                Some(every) => loop {
+                    n.notify("WATCHDOG=1");
+                    tokio::time::sleep(every).await;
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            () = service_manager => {}
+        }
+        if let Some(n) = &notifier {
+            n.notify("STOPPING=1");
         }
         self.shutdown().await;
         Ok(())

@@ -108,6 +108,8 @@ pub struct NodeSpec {
     pub netns: Option<String>,
     /// More arguments for `cluster-test-node` (`--vip`, `--backend`, ...).
     pub extra_args: Vec<String>,
+    /// More environment variables for the node process.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeSpec {
@@ -126,6 +128,7 @@ impl NodeSpec {
             tick_ms: 20,
             netns: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -168,6 +171,7 @@ impl NodeSpec {
             cmd.args(["--label", &self.labels]);
         }
         cmd.args(&self.extra_args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 }
