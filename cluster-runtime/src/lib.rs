@@ -7,6 +7,7 @@
 //! design.
 
 pub mod app;
+pub mod backend;
 pub mod clock;
 pub mod config;
 mod dev;
