@@ -465,12 +465,15 @@ impl Supervisor {
             }
         }
         let interval = self.interval();
+        // The last answer a check gave (a check cut off by the deadline
+        // keeps the one before it: that is the informative one).
+        let mut last = "no health check finished".to_owned();
         loop {
-            let last = match tokio::time::timeout_at(deadline, self.check()).await {
+            match tokio::time::timeout_at(deadline, self.check()).await {
                 Ok(Ok(())) => break,
-                Ok(Err(why)) => why,
-                Err(_) => "health check did not answer".to_owned(),
-            };
+                Ok(Err(why)) => last = why,
+                Err(_) => {}
+            }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 self.stop_quietly().await;

@@ -139,7 +139,7 @@ impl ProcessBackend {
         let launch = Arc::new(self.launch.open_log().await?);
         let child = launch.spawn()?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (pgid_tx, pgid_rx) = watch::channel(child.id());
+        let (pgid_tx, pgid_rx) = watch::channel(child.0.id());
         let monitor = tokio::spawn(monitor(
             launch,
             child,
@@ -242,7 +242,9 @@ impl Launch {
         })
     }
 
-    fn spawn(&self) -> Result<Child, BackendError> {
+    /// Spawns the child and the tasks that forward its output (they end
+    /// when its pipes close).
+    fn spawn(&self) -> Result<(Child, Vec<JoinHandle<()>>), BackendError> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .envs(&self.env)
@@ -267,23 +269,24 @@ impl Launch {
             }
         })?;
         tracing::info!(target: "cluster::backend", program = %self.program, pid = child.id(), "backend process started");
+        let mut forwarders = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward(
+            forwarders.push(tokio::spawn(forward(
                 out,
                 "stdout",
                 self.program.clone(),
                 self.log_file.clone(),
-            ));
+            )));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward(
+            forwarders.push(tokio::spawn(forward(
                 err,
                 "stderr",
                 self.program.clone(),
                 self.log_file.clone(),
-            ));
+            )));
         }
-        Ok(child)
+        Ok((child, forwarders))
     }
 }
 
@@ -311,7 +314,7 @@ async fn forward(
 /// told. Every transition is published on `state`.
 async fn monitor(
     launch: Arc<Launch>,
-    mut child: Child,
+    (mut child, mut forwarders): (Child, Vec<JoinHandle<()>>),
     policy: RestartPolicy,
     grace: Duration,
     state: watch::Sender<ProcessState>,
@@ -329,6 +332,7 @@ async fn monitor(
             status = child.wait() => status,
             () = stopped(&mut stop) => {
                 let status = terminate(&mut child, pid, grace, &launch.program).await;
+                drain(forwarders).await;
                 state.send_replace(ProcessState::Stopped { status });
                 return;
             }
@@ -337,6 +341,7 @@ async fn monitor(
         if let Some(pid) = pid {
             kill_group(pid, Signal::SIGKILL);
         }
+        drain(std::mem::take(&mut forwarders)).await;
         let status = match exited {
             Ok(status) => status,
             Err(e) => {
@@ -372,8 +377,8 @@ async fn monitor(
                 return;
             }
         }
-        child = match launch.spawn() {
-            Ok(child) => child,
+        (child, forwarders) = match launch.spawn() {
+            Ok(spawned) => spawned,
             Err(e) => {
                 state.send_replace(ProcessState::Failed(e.to_string()));
                 return;
@@ -405,6 +410,18 @@ async fn terminate(
     kill_group(pid, Signal::SIGKILL);
     tracing::info!(target: "cluster::backend", program, ?status, "backend process stopped");
     status
+}
+
+/// Waits (briefly) until the child's output has been forwarded, so a
+/// reported exit comes after the child's last log line.
+async fn drain(forwarders: Vec<JoinHandle<()>>) {
+    let all = futures::future::join_all(forwarders);
+    if tokio::time::timeout(Duration::from_secs(2), all)
+        .await
+        .is_err()
+    {
+        tracing::debug!(target: "cluster::backend", "backend output still open 2s after exit");
+    }
 }
 
 /// Resolves once a stop is requested (or the backend is gone).
