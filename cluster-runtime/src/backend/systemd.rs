@@ -165,7 +165,13 @@ impl SystemdBackend {
     async fn run_job(&self, op: &'static str) -> Result<(), BackendError> {
         let manager = self.manager().await?;
         // Subscribe before queueing: the job may finish before the call returns.
-        manager.subscribe().await.map_err(|e| self.err(op, e))?;
+        // (systemd refuses a second Subscribe on one connection; that is fine.)
+        match manager.subscribe().await {
+            Ok(()) => {}
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+            Err(e) => return Err(self.err(op, e)),
+        }
         let mut removed = manager
             .receive_job_removed()
             .await
