@@ -33,9 +33,9 @@ fn ensure_image() {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .expect("test setup")
         .local_addr()
-        .unwrap()
+        .expect("test setup")
         .port()
 }
 
@@ -52,7 +52,7 @@ fn container_exists(name: &str) -> bool {
 
 fn config(name: &str, port: u16) -> BackendConfig {
     BackendConfig::parse(&format!("docker:{IMAGE}"))
-        .unwrap()
+        .expect("test setup")
         .env("NODE_ID", "docker-node")
         .stop_grace(Duration::from_secs(5))
         .start_timeout(DEADLINE)

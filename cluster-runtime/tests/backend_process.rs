@@ -45,9 +45,9 @@ fn build_test_http() -> PathBuf {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .expect("test setup")
         .local_addr()
-        .unwrap()
+        .expect("test setup")
         .port()
 }
 

@@ -35,9 +35,9 @@ fn bash(script: &str) -> String {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .expect("test setup")
         .local_addr()
-        .unwrap()
+        .expect("test setup")
         .port()
 }
 
@@ -61,9 +61,9 @@ impl SystemdHost {
     async fn start(tag: &str) -> SystemdHost {
         bash("source scripts/lib/images.sh && ensure_systemd_image");
         let bin = bash("source scripts/lib/images.sh && build_test_http && echo $TEST_HTTP_BIN");
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let bus_dir = dir.path().join("dbus");
-        std::fs::create_dir(&bus_dir).unwrap();
+        std::fs::create_dir(&bus_dir).expect("test setup");
         let unit = dir.path().join("cluster-test-http.service");
         std::fs::write(
             &unit,
@@ -71,7 +71,7 @@ impl SystemdHost {
              Environment=NODE_ID=systemd-node\n\
              ExecStart=/usr/local/bin/cluster-test-http --listen 0.0.0.0:8080\n",
         )
-        .unwrap();
+        .expect("test setup");
         let port = free_port();
         let name = format!("cluster-test-systemd-{tag}-{}", std::process::id());
         let _ = Command::new("docker").args(["rm", "-f", &name]).output();
@@ -95,7 +95,7 @@ impl SystemdHost {
             .args(["-p", &format!("127.0.0.1:{port}:8080")])
             .args(["-e", "container=docker", IMAGE])
             .output()
-            .unwrap();
+            .expect("run docker");
         assert!(
             out.status.success(),
             "{}",
@@ -114,7 +114,7 @@ impl SystemdHost {
             let out = Command::new("docker")
                 .args(["exec", &host.name, "systemctl", "is-system-running"])
                 .output()
-                .unwrap();
+                .expect("test setup");
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             if state == "running" || state == "degraded" {
                 break;
@@ -130,7 +130,7 @@ impl SystemdHost {
 
     fn config(&self, unit: &str) -> BackendConfig {
         BackendConfig::parse(&format!("systemd:{unit}"))
-            .unwrap()
+            .expect("test setup")
             .systemd_bus(&self.bus)
             .start_timeout(DEADLINE)
     }
@@ -140,7 +140,7 @@ impl SystemdHost {
         let out = Command::new("docker")
             .args(["exec", &self.name, "systemctl", "is-active", unit])
             .output()
-            .unwrap();
+            .expect("test setup");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
@@ -197,7 +197,7 @@ fn main_pid(host: &SystemdHost) -> String {
             "cluster-test-http",
         ])
         .output()
-        .unwrap();
+        .expect("test setup");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
