@@ -8,6 +8,7 @@
 
 mod activation;
 pub mod app;
+pub mod backend;
 pub mod clock;
 pub mod config;
 mod dev;
