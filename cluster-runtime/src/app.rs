@@ -119,7 +119,7 @@ pub(crate) struct Ops {
     /// The virtual IP.
     pub(crate) vip: Option<cluster_spec::ops::Vip>,
     /// The managed backend.
-    pub(crate) backend: Option<cluster_spec::ops::Backend>,
+    pub(crate) backend: Option<crate::backend::BackendConfig>,
 }
 
 impl fmt::Debug for App {
@@ -215,6 +215,7 @@ struct OpsOptions {
     sqlite: Option<String>,
     vip: Option<String>,
     backend: Option<String>,
+    backend_config: Option<crate::backend::BackendConfig>,
 }
 
 impl fmt::Debug for AppBuilder {
@@ -329,6 +330,25 @@ impl AppBuilder {
     /// on every running instance.
     pub fn backend(mut self, spec: impl Into<String>) -> Self {
         self.ops.backend = Some(spec.into());
+        self
+    }
+
+    /// A managed backend with every setting: health probe, environment,
+    /// working directory, restart policy, grace periods, Docker options.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cluster_runtime::app::App;
+    /// use cluster_runtime::backend::{BackendConfig, HealthProbe};
+    ///
+    /// let backend = BackendConfig::parse("process:/usr/local/bin/api --port 3210")?
+    ///     .probe(HealthProbe::new("http://127.0.0.1:3210/health"))
+    ///     .start_timeout(Duration::from_secs(30));
+    /// let app = App::builder("api").backend_config(backend).build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn backend_config(mut self, config: crate::backend::BackendConfig) -> Self {
+        self.ops.backend_config = Some(config);
         self
     }
 
@@ -495,7 +515,10 @@ impl AppBuilder {
         for (option, set) in [
             ("sqlite", self.ops.sqlite.is_some()),
             ("vip", self.ops.vip.is_some()),
-            ("backend", self.ops.backend.is_some()),
+            (
+                "backend",
+                self.ops.backend.is_some() || self.ops.backend_config.is_some(),
+            ),
         ] {
             if set {
                 cluster_spec::fit::option_fits(option, self.mode)
@@ -582,11 +605,13 @@ impl OpsOptions {
             .as_deref()
             .map(cluster_spec::ops::Vip::parse)
             .transpose()?;
-        let backend = self
-            .backend
-            .as_deref()
-            .map(cluster_spec::ops::Backend::parse)
-            .transpose()?;
+        let backend = match (&self.backend_config, &self.backend) {
+            (Some(config), _) => Some(config.clone()),
+            (None, Some(spec)) => {
+                Some(crate::backend::BackendConfig::parse(spec).map_err(|e| e.to_string())?)
+            }
+            (None, None) => None,
+        };
         Ok(Ops {
             sqlite,
             vip,

@@ -260,7 +260,7 @@ impl PlatformBuilder {
                 activation: crate::activation::Activation::new(
                     &app.name,
                     &config.node,
-                    crate::activation::steps_for(&app)?,
+                    crate::activation::steps_for(&app, &cmd_tx, ctx.audit())?,
                     ctx.audit().clone(),
                     observe.metrics.clone(),
                 ),

@@ -11,6 +11,7 @@
 //! everything it can. While standby, steps may run work of their own (the
 //! passive restore of the database).
 
+mod backend;
 mod vip;
 
 use std::sync::Mutex;
@@ -25,12 +26,24 @@ use crate::observe::{AppAudit, Metrics};
 /// Builds the steps an app's options call for, in the order of DESIGN
 /// §4.7. Checks what can be checked before the node joins (interface and
 /// capabilities for the VIP), so a misconfigured node fails at start-up.
-pub(crate) fn steps_for(app: &App) -> Result<Vec<Step>> {
+pub(crate) fn steps_for(
+    app: &App,
+    commands: &tokio::sync::mpsc::Sender<crate::app::AppCommand>,
+    audit: &AppAudit,
+) -> Result<Vec<Step>> {
+    let config_error =
+        |e: &dyn std::fmt::Display| Error::config(format!("app `{}`: {e}", app.name));
     let mut steps = Vec::new();
     if let Some(spec) = &app.ops.vip {
         let manager = crate::vip::VipManager::new(crate::vip::VipConfig::new(spec.clone()))
-            .map_err(|e| Error::config(format!("app `{}`: {e}", app.name)))?;
+            .map_err(|e| config_error(&e))?;
         steps.push(vip::step(manager));
+    }
+    if let Some(config) = &app.ops.backend {
+        let supervisor = crate::backend::Supervisor::from_config(config.clone())
+            .map_err(|e| config_error(&e))?;
+        let stepdown = (app.mode == crate::app::Mode::Singleton).then(|| commands.clone());
+        steps.push(backend::step(supervisor, stepdown, audit.clone()));
     }
     Ok(steps)
 }

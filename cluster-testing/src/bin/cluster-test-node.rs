@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use cluster_runtime::app::{App, Mode};
+use cluster_runtime::backend::{BackendConfig, HealthProbe};
 use cluster_runtime::clock::monotonic_ns;
 use cluster_runtime::config::{Config, ConfigArgs};
 use cluster_runtime::lease::LeaseTiming;
@@ -45,6 +46,9 @@ struct Args {
     /// A managed backend for the app (`process:CMD ...`, ...).
     #[arg(long)]
     backend: Option<String>,
+    /// The backend's health endpoint (HTTP GET, 200 expected).
+    #[arg(long, requires = "backend")]
+    backend_health: Option<String>,
     /// A replicated SQLite database for the app.
     #[arg(long)]
     sqlite: Option<String>,
@@ -204,7 +208,17 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
         app = app.vip(vip.clone());
     }
     if let Some(backend) = &args.backend {
-        app = app.backend(backend.clone());
+        // The backend learns which node runs it (cluster-test-http answers
+        // `GET /` with it).
+        let mut backend = BackendConfig::parse(backend)
+            .map_err(|e| cluster_runtime::Error::config(format!("--backend: {e}")))?
+            .env("NODE_ID", config.node.clone())
+            .stop_grace(Duration::from_secs(2));
+        if let Some(url) = &args.backend_health {
+            backend =
+                backend.probe(HealthProbe::new(url.clone()).interval(Duration::from_millis(50)));
+        }
+        app = app.backend_config(backend);
     }
     if let Some(sqlite) = &args.sqlite {
         app = app.sqlite(sqlite.clone());
