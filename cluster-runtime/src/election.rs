@@ -46,6 +46,10 @@ impl LeaderRecord {
     }
 }
 
+/// How long a demotion after a lost lease waits for the API subscription's
+/// drain to be confirmed by the server (which a cut-off node never gets).
+const UNSERVE_WAIT_WHEN_LOST: Duration = Duration::from_millis(20);
+
 /// How an active period ended.
 enum Ended {
     /// Lease lost (expired or taken): try again at once.
@@ -276,7 +280,14 @@ impl Election {
     /// needs it (the final WAL flush).
     async fn demote(&self, held: &HeldLease, role: Role, lease_lost: bool) {
         // Stop answering calls first: a demoted instance must not serve.
-        self.inst.unserve().await;
+        // Cut off or expired, nothing may wait on NATS: calls stop being
+        // dispatched at once, the drain's confirmation is not awaited, and
+        // the VIP and backend go before the lease can be taken.
+        if lease_lost {
+            let _ = tokio::time::timeout(UNSERVE_WAIT_WHEN_LOST, self.inst.unserve()).await;
+        } else {
+            self.inst.unserve().await;
+        }
         self.inst.activation.deactivate(lease_lost).await;
         self.inst.ctx.set_validity(None);
         let valid_until = clock::instant_ns(held.validity().valid_until());

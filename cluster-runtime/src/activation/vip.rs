@@ -35,6 +35,17 @@ impl StepImpl for VipStep {
         })
     }
 
+    /// A standby holds no VIP: this removes one a crashed (SIGKILLed)
+    /// predecessor left on the interface when the node restarts. One node
+    /// per host manages a given VIP.
+    fn standby(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.manager.release().await {
+                tracing::warn!(error = %e, "could not remove a stale VIP");
+            }
+        })
+    }
+
     fn gauge(&self) -> Option<Gauge> {
         Some(Gauge::VipHeld)
     }
