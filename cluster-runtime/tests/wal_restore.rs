@@ -420,7 +420,8 @@ async fn refuses_corrupt_truncated_and_misnamed_objects() -> TestResult {
     flipped[103] ^= 0x40; // the first page header's page number
     let truncated = src.files[&3].slice(..src.files[&3].len() - 100);
     // (bucket, objects to store in place of the good ones, the name refused)
-    let cases: Vec<(&str, Vec<(String, Bytes)>, String)> = vec![
+    type Case = (&'static str, Vec<(String, Bytes)>, String);
+    let cases: Vec<Case> = vec![
         ("flipped", vec![(l0(3), Bytes::from(flipped))], l0(3)),
         ("truncated", vec![(l0(3), truncated)], l0(3)),
         ("misnamed", vec![(l0(5), src.files[&6].clone())], l0(5)),

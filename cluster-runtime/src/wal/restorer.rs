@@ -202,10 +202,7 @@ async fn fetch_decoded(bucket: &WalBucket, file: &FileInfo) -> Result<Decoded, W
     let file = file.clone();
     tokio::task::spawn_blocking(move || decode_checked(&file, &bytes))
         .await
-        .map_err(|e| WalError::Corrupt {
-            name: "(decoder)".to_owned(),
-            reason: format!("decoding task failed: {e}"),
-        })?
+        .map_err(|_| WalError::Stopped("LTX decoding"))?
 }
 
 // ---------------------------------------------------------------------------
