@@ -203,6 +203,17 @@ impl WalBucket {
     /// Objects that are not LTX files are skipped (and logged), as
     /// Litestream skips them.
     pub async fn list(&self) -> Result<HashMap<u8, Vec<FileInfo>>, WalError> {
+        self.list_inner(false).await
+    }
+
+    /// Like [`list`](Self::list), but an object under `ltx/` whose name is
+    /// not `ltx/<level>/<min>-<max>.ltx` is an error naming it instead of
+    /// being skipped: restores refuse a bucket someone else wrote into.
+    pub async fn list_strict(&self) -> Result<HashMap<u8, Vec<FileInfo>>, WalError> {
+        self.list_inner(true).await
+    }
+
+    async fn list_inner(&self, strict: bool) -> Result<HashMap<u8, Vec<FileInfo>>, WalError> {
         let mut by_level: HashMap<u8, Vec<FileInfo>> = HashMap::new();
         let mut list = match self.store.list().await {
             Ok(list) => list,
@@ -215,6 +226,7 @@ impl WalBucket {
             }
             let (level, min_txid, max_txid) = match parse_object_name(&info.name) {
                 Ok(parsed) => parsed,
+                Err(e) if strict && info.name.starts_with("ltx/") => return Err(e),
                 Err(e) => {
                     tracing::debug!(bucket = %self.name, error = %e, "skipping object");
                     continue;

@@ -42,6 +42,15 @@ pub enum WalError {
         /// The first TXID of the next available file.
         next: u64,
     },
+    /// The bucket cannot produce the requested database: it is empty, or
+    /// its files do not reach the requested TXID.
+    #[error("replica bucket `{bucket}`: nothing to restore: {reason}")]
+    Unavailable {
+        /// The bucket.
+        bucket: String,
+        /// What is missing.
+        reason: String,
+    },
     /// Another primary reserved TXIDs under a newer epoch: we are deposed
     /// and must not write another file.
     #[error("fenced: `wal.head` is held by epoch {current}, ours is {ours}; this node is no longer the primary")]

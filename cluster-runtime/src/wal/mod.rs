@@ -10,9 +10,16 @@
 //!   database-file helpers everything else builds on: a full-image snapshot
 //!   of a database file and applying a decoded file onto one.
 //! - [`bucket`]: the replica bucket (object store, Litestream's NATS layout).
+//! - [`restorer`]: the standby side — restore planning, one-shot restore,
+//!   and a replica file that follows the bucket.
+//! - [`promote`]: the followed replica becomes the app's database.
+//! - [`snapshots`]: manual full-image snapshots in `P_A_snapshots`.
 
 pub mod bucket;
 mod error;
 pub mod ltx;
+pub mod promote;
+pub mod restorer;
+pub mod snapshots;
 
 pub use error::WalError;
