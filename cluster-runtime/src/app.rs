@@ -638,6 +638,8 @@ pub(crate) struct ContextData {
     pub(crate) kv: KvOptions,
     /// Replicas of buckets that set none (3 on a ≥ 3-server NATS cluster).
     pub(crate) replicas: usize,
+    /// The replicated database, for apps with `sqlite`.
+    pub(crate) replicated: Option<std::sync::Arc<crate::db::Replicated>>,
 }
 
 /// Requests from user code to the app's pattern task.
@@ -672,6 +674,7 @@ struct ContextInner {
     audit: AppAudit,
     health: AppHealth,
     observe: Observe,
+    replicated: Option<Arc<crate::db::Replicated>>,
 }
 
 /// The fencing token while `validity` holds: read at every outgoing call.
@@ -765,8 +768,30 @@ impl AppContext {
                 audit,
                 health,
                 observe: data.observe,
+                replicated: data.replicated,
             }),
         })
+    }
+
+    /// A connection to the app's replicated SQLite database (`sqlite =
+    /// "PATH"`), on the active instance only: WAL mode, every commit
+    /// shipped to the replica bucket; [`Db::commit_synced`](crate::db::Db::commit_synced)
+    /// waits until it is stored (RPO 0). Each call opens a connection.
+    pub fn db(&self) -> Result<crate::db::Db> {
+        let replicated = self.inner.replicated.as_ref().ok_or_else(|| {
+            Error::config(format!("app `{}` has no `sqlite` database", self.inner.app))
+        })?;
+        crate::db::Db::open(replicated)
+    }
+
+    /// Replication position, lag and sync of the app's database.
+    pub fn wal(&self) -> crate::db::Wal {
+        crate::db::Wal::new(self.inner.replicated.clone())
+    }
+
+    /// Manual snapshots of the app's database (`P_A_snapshots`).
+    pub fn snapshots(&self) -> crate::db::AppSnapshots {
+        crate::db::AppSnapshots::new(self.inner.replicated.clone())
     }
 
     pub(crate) fn observe(&self) -> &Observe {

@@ -79,6 +79,9 @@ pub enum Error {
     /// Writing or reading the audit log failed.
     #[error(transparent)]
     Audit(#[from] crate::observe::AuditError),
+    /// Replication or restore of the app's database failed.
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
     /// The platform is shutting down.
     #[error("the platform is shutting down")]
     Shutdown,

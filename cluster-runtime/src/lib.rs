@@ -11,6 +11,7 @@ pub mod app;
 pub mod backend;
 pub mod clock;
 pub mod config;
+pub mod db;
 mod dev;
 pub mod election;
 pub mod error;

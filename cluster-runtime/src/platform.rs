@@ -216,6 +216,36 @@ impl PlatformBuilder {
                 epoch: None,
             });
             let (cmd_tx, cmd_rx) = mpsc::channel(8);
+            let replicated = match &app.ops.sqlite {
+                Some(path) => {
+                    // Relative paths live in the node's data directory.
+                    let path = match &config.data_dir {
+                        Some(dir) if path.is_relative() => dir.join(path),
+                        _ => path.clone(),
+                    };
+                    let coord = lease::open_bucket(
+                        transport.jetstream(),
+                        &names.app_coord_bucket(&app.name),
+                        replicas,
+                    )
+                    .await?;
+                    let replicated = crate::db::Replicated::new(
+                        &app.name,
+                        &config.node,
+                        path,
+                        transport.jetstream().clone(),
+                        &names,
+                        replicas,
+                        coord,
+                        observe.metrics.clone(),
+                    );
+                    tasks.push(tokio::spawn(
+                        replicated.clone().report_metrics(shutdown_rx.clone()),
+                    ));
+                    Some(replicated)
+                }
+                None => None,
+            };
             let ctx = AppContext::new(
                 names.clone(),
                 config.node.clone(),
@@ -229,6 +259,7 @@ impl PlatformBuilder {
                     observe: observe.clone(),
                     kv: app.kv.clone(),
                     replicas,
+                    replicated: replicated.clone(),
                 },
             )?;
             // Instance and broadcast subjects (and `$SRV` visibility) are
@@ -260,7 +291,12 @@ impl PlatformBuilder {
                 activation: crate::activation::Activation::new(
                     &app.name,
                     &config.node,
-                    crate::activation::steps_for(&app, &cmd_tx, ctx.audit())?,
+                    crate::activation::steps_for(
+                        &app,
+                        &cmd_tx,
+                        ctx.audit(),
+                        replicated.as_ref(),
+                    )?,
                     ctx.audit().clone(),
                     observe.metrics.clone(),
                 ),

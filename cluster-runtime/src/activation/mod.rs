@@ -13,6 +13,7 @@
 
 mod backend;
 mod vip;
+mod wal;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ pub(crate) fn steps_for(
             .map_err(|e| config_error(&e))?;
         steps.push(vip::step(manager));
     }
+    steps.extend(replicate);
     if let Some(config) = &app.ops.backend {
         let supervisor = crate::backend::Supervisor::from_config(config.clone())
             .map_err(|e| config_error(&e))?;

@@ -1,0 +1,78 @@
+//! The database steps of becoming active: promote the caught-up replica
+//! (first), start shipping commits under the new epoch (before the backend
+//! starts, so its first write is shipped); on stepping down, the backend
+//! stops first and the final flush then ships its last write.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::{Step, StepImpl};
+use crate::db::Replicated;
+
+struct Promote(Arc<Replicated>);
+struct Replicate(Arc<Replicated>);
+
+/// The steps for `sqlite = "PATH"`: `wal.promote` goes first (before the
+/// VIP), `wal.replicate` after the VIP and before the backend.
+pub(crate) fn steps(replicated: &Arc<Replicated>) -> (Step, Step) {
+    (
+        Step {
+            name: "wal.promote",
+            up_action: "wal.promoted",
+            down_action: "wal.demoted",
+            imp: Box::new(Promote(Arc::clone(replicated))),
+        },
+        Step {
+            name: "wal.replicate",
+            up_action: "wal.replicating",
+            down_action: "wal.stopped",
+            imp: Box::new(Replicate(Arc::clone(replicated))),
+        },
+    )
+}
+
+impl StepImpl for Promote {
+    fn up(&self, _epoch: u64) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let txid = self.0.promote().await.map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({
+                "txid": txid,
+                "path": self.0.data_path().display().to_string(),
+            }))
+        })
+    }
+
+    fn down(&self, _lease_lost: bool) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        // Nothing to undo: the data path stays; following starts in standby.
+        Box::pin(async { Ok(serde_json::json!({})) })
+    }
+
+    fn standby(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.0.start_following())
+    }
+}
+
+impl StepImpl for Replicate {
+    fn up(&self, epoch: u64) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let txid = self
+                .0
+                .start_replicating(epoch)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({ "txid": txid }))
+        })
+    }
+
+    fn down(&self, lease_lost: bool) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let txid = self
+                .0
+                .stop_replicating(!lease_lost)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({ "txid": txid, "flushed": !lease_lost }))
+        })
+    }
+}

@@ -1,0 +1,491 @@
+//! An app's replicated SQLite database on this node (`sqlite = "PATH"`):
+//! the user API (`ctx.db()`, `ctx.wal()`, `ctx.snapshots()`) and the state
+//! the failover steps drive (DESIGN §4.7, §4.8).
+//!
+//! On the active node a [`Replicator`] ships every commit of `PATH` to the
+//! app's replica bucket `P_A_wal`, fenced by the election epoch; on standbys
+//! a [`Restorer`] follows that bucket into `PATH-replica`. Becoming active
+//! promotes the caught-up replica onto `PATH` and starts replicating from
+//! its TXID; stepping down flushes and stops replication, then follows
+//! again.
+//!
+//! Guarantees: a commit followed by [`Db::commit_synced`] (or
+//! [`Wal::sync`]) returning `Ok` is stored in JetStream and survives any
+//! failover (RPO 0); other commits are shipped within milliseconds and can
+//! be lost only with the active node itself. A deposed primary cannot store
+//! a file (`wal.head` fencing).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::observe::Metrics;
+use crate::wal::bucket::WalBucket;
+use crate::wal::replicator::{FenceConfig, Replicator, ReplicatorConfig};
+use crate::wal::restorer::{restore_with, RestoreOptions, Restorer};
+use crate::wal::snapshots::{SnapshotInfo, Snapshots};
+use crate::wal::WalError;
+
+/// What standby-side following is doing.
+enum Follower {
+    Idle,
+    /// Waiting for the bucket to hold a database (or retrying).
+    Starting(JoinHandle<()>),
+    Following(Restorer),
+}
+
+/// The replicated database of one app on this node.
+pub(crate) struct Replicated {
+    app: String,
+    node: String,
+    data_path: PathBuf,
+    replica_path: PathBuf,
+    js: jetstream::Context,
+    wal_bucket: String,
+    snapshots_bucket: String,
+    replicas: usize,
+    coord: jetstream::kv::Store,
+    metrics: Metrics,
+    replicator: Mutex<Option<Arc<Replicator>>>,
+    follower: tokio::sync::Mutex<Follower>,
+    /// The TXID the promoted database is at, for the replicator.
+    promoted: Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for Replicated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicated")
+            .field("app", &self.app)
+            .field("data_path", &self.data_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a standby waits before retrying to follow an empty or
+/// unreachable bucket.
+const FOLLOW_RETRY: Duration = Duration::from_millis(500);
+
+impl Replicated {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        app: &str,
+        node: &str,
+        data_path: PathBuf,
+        js: jetstream::Context,
+        names: &crate::naming::Names,
+        replicas: usize,
+        coord: jetstream::kv::Store,
+        metrics: Metrics,
+    ) -> Arc<Replicated> {
+        let replica_path = crate::wal::promote::replica_path_for(&data_path);
+        Arc::new(Replicated {
+            app: app.to_owned(),
+            node: node.to_owned(),
+            data_path,
+            replica_path,
+            js,
+            wal_bucket: names.app_wal_bucket(app),
+            snapshots_bucket: names.app_snapshots_bucket(app),
+            replicas,
+            coord,
+            metrics,
+            replicator: Mutex::new(None),
+            follower: tokio::sync::Mutex::new(Follower::Idle),
+            promoted: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    fn replicator(&self) -> Option<Arc<Replicator>> {
+        self.replicator.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Standby: follow the bucket into the replica file (idempotent). Until
+    /// the bucket holds a database, retries in the background.
+    pub(crate) async fn start_following(self: &Arc<Self>) {
+        let mut follower = self.follower.lock().await;
+        if !matches!(*follower, Follower::Idle) {
+            return;
+        }
+        let this = Arc::clone(self);
+        *follower = Follower::Starting(tokio::spawn(async move {
+            loop {
+                match this.open_follower().await {
+                    Ok(restorer) => {
+                        let mut follower = this.follower.lock().await;
+                        if matches!(*follower, Follower::Starting(_)) {
+                            *follower = Follower::Following(restorer);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(app = %this.app, error = %e, "not following the replica bucket yet");
+                        tokio::time::sleep(FOLLOW_RETRY).await;
+                    }
+                }
+            }
+        }));
+    }
+
+    async fn open_follower(&self) -> std::result::Result<Restorer, WalError> {
+        let bucket = WalBucket::open(&self.js, &self.wal_bucket).await?;
+        Restorer::start(bucket, self.replica_path.clone()).await
+    }
+
+    /// Stops following; with `catch_up`, first applies everything the
+    /// bucket holds. Returns the replica's TXID if it was following.
+    async fn stop_following(&self, catch_up: bool) -> std::result::Result<Option<u64>, WalError> {
+        let mut follower = self.follower.lock().await;
+        match std::mem::replace(&mut *follower, Follower::Idle) {
+            Follower::Idle => Ok(None),
+            Follower::Starting(task) => {
+                task.abort();
+                Ok(None)
+            }
+            Follower::Following(restorer) => {
+                let caught_up = if catch_up {
+                    restorer.catch_up().await.map(Some)
+                } else {
+                    Ok(None)
+                };
+                let position = restorer.stop().await;
+                caught_up.map(|t| Some(t.unwrap_or(position.txid)))
+            }
+        }
+    }
+
+    /// Becoming active: final catch-up, stop following, promote the replica
+    /// onto the data path. A node that never followed restores from the
+    /// bucket first; an empty bucket means a new database (nothing to
+    /// promote). Returns the TXID the data path is now at.
+    pub(crate) async fn promote(&self) -> std::result::Result<Option<u64>, WalError> {
+        let mut txid = self.stop_following(true).await?;
+        if txid.is_none() {
+            match WalBucket::open(&self.js, &self.wal_bucket).await {
+                Err(WalError::NoBucket(_)) => {}
+                Err(e) => return Err(e),
+                Ok(bucket) => {
+                    let options = RestoreOptions {
+                        target: None,
+                        overwrite: true,
+                    };
+                    match restore_with(&bucket, &self.replica_path, &options).await {
+                        Ok(info) => txid = Some(info.txid),
+                        Err(WalError::Unavailable { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        if let Some(at) = txid {
+            crate::wal::promote::promote(&self.replica_path, &self.data_path).await?;
+            tracing::info!(app = %self.app, txid = at, "replica promoted");
+        }
+        if let Ok(mut p) = self.promoted.lock() {
+            *p = txid;
+        }
+        Ok(txid)
+    }
+
+    /// Starts shipping the data path's commits under `epoch`.
+    pub(crate) async fn start_replicating(&self, epoch: u64) -> std::result::Result<u64, WalError> {
+        if let Some(dir) = self.data_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
+        }
+        let bucket = WalBucket::open_or_create(&self.js, &self.wal_bucket, self.replicas).await?;
+        let mut config = ReplicatorConfig::new(&self.data_path, bucket);
+        config.fence = Some(FenceConfig::new(self.coord.clone(), epoch));
+        config.known_position = self.promoted.lock().ok().and_then(|mut p| p.take());
+        let replicator = Replicator::start(config).await?;
+        let txid = replicator.position().borrow().txid;
+        if let Ok(mut r) = self.replicator.lock() {
+            *r = Some(Arc::new(replicator));
+        }
+        Ok(txid)
+    }
+
+    /// Stops shipping: with `flush`, everything committed is stored first
+    /// (graceful step-down); without (lease lost), at once.
+    pub(crate) async fn stop_replicating(&self, flush: bool) -> std::result::Result<Option<u64>, WalError> {
+        let Some(mut shared) = self.replicator.lock().ok().and_then(|mut r| r.take()) else {
+            return Ok(None);
+        };
+        // A `commit_synced` in flight holds a clone for a moment.
+        let replicator = loop {
+            match Arc::try_unwrap(shared) {
+                Ok(r) => break r,
+                Err(again) => {
+                    shared = again;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        if flush {
+            replicator.stop().await.map(|p| Some(p.txid))
+        } else {
+            let txid = replicator.position().borrow().txid;
+            drop(replicator);
+            Ok(Some(txid))
+        }
+    }
+
+    /// Keeps `gc_replication_lag_seconds` and `gc_wal_bytes_total` current.
+    pub(crate) async fn report_metrics(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut shipped = 0u64;
+        let mut last_replicator: Option<Weak<Replicator>> = None;
+        loop {
+            let lag = if let Some(r) = self.replicator() {
+                let same = last_replicator
+                    .as_ref()
+                    .and_then(Weak::upgrade)
+                    .is_some_and(|l| Arc::ptr_eq(&l, &r));
+                if !same {
+                    shipped = 0;
+                    last_replicator = Some(Arc::downgrade(&r));
+                }
+                let total = r.stats().bytes_shipped;
+                self.metrics.add_wal_bytes(&self.app, total.saturating_sub(shipped));
+                shipped = total;
+                let p = *r.position().borrow();
+                match (p.pending_frames, p.shipped_at) {
+                    (0, _) | (_, None) => Duration::ZERO,
+                    (_, Some(at)) => SystemTime::now().duration_since(at).unwrap_or_default(),
+                }
+            } else {
+                match &*self.follower.lock().await {
+                    Follower::Following(r) => r.lag(),
+                    _ => Duration::ZERO,
+                }
+            };
+            self.metrics.set_replication_lag(&self.app, &self.node, lag);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn snapshots(&self) -> std::result::Result<Snapshots, WalError> {
+        Snapshots::open_or_create(&self.js, &self.snapshots_bucket, self.replicas).await
+    }
+}
+
+/// A connection to the app's database on the active instance
+/// ([`AppContext::db`](crate::app::AppContext::db)): a `rusqlite`
+/// connection in WAL mode whose commits the replicator ships.
+///
+/// ```no_run
+/// # async fn f(ctx: cluster_runtime::app::AppContext) -> cluster_runtime::Result<()> {
+/// let db = ctx.db()?;
+/// db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT)", [])
+///     .map_err(|e| cluster_runtime::Error::config(e.to_string()))?;
+/// db.execute("INSERT INTO orders (item) VALUES (?1)", ["book"])
+///     .map_err(|e| cluster_runtime::Error::config(e.to_string()))?;
+/// // Returns once the commit is stored in JetStream: it survives failover.
+/// db.commit_synced().await?;
+/// # Ok(()) }
+/// ```
+pub struct Db {
+    conn: rusqlite::Connection,
+    replicator: Weak<Replicator>,
+    app: String,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("app", &self.app).finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Db {
+    type Target = rusqlite::Connection;
+    fn deref(&self) -> &rusqlite::Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Db {
+    fn deref_mut(&mut self) -> &mut rusqlite::Connection {
+        &mut self.conn
+    }
+}
+
+impl Db {
+    pub(crate) fn open(replicated: &Replicated) -> Result<Db> {
+        let app = replicated.app.clone();
+        let replicator = replicated.replicator().ok_or_else(|| Error::NotActive { app: app.clone() })?;
+        let sqlite = |e: rusqlite::Error| {
+            Error::Wal(WalError::Sqlite {
+                path: replicated.data_path.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let conn = rusqlite::Connection::open(&replicated.data_path).map_err(sqlite)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(sqlite)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Wal(WalError::Sqlite {
+                path: replicated.data_path.clone(),
+                reason: format!("journal_mode is {mode}; replication needs WAL"),
+            }));
+        }
+        let weak = Arc::downgrade(&replicator);
+        let hook = weak.clone();
+        // Ship at once instead of at the next WAL poll.
+        conn.commit_hook(Some(move || {
+            if let Some(r) = hook.upgrade() {
+                r.notify();
+            }
+            false
+        }));
+        Ok(Db {
+            conn,
+            replicator: weak,
+            app,
+        })
+    }
+
+    /// Returns once every transaction committed so far (on any connection)
+    /// is stored in JetStream; yields the TXID stored. RPO 0 for those
+    /// commits. Fails if this node stopped being the primary meanwhile.
+    pub fn commit_synced(&self) -> impl std::future::Future<Output = Result<u64>> + Send + 'static {
+        let replicator = self.replicator.upgrade();
+        let app = self.app.clone();
+        async move {
+            let r = replicator.ok_or(Error::NotActive { app })?;
+            Ok(r.sync().await?)
+        }
+    }
+}
+
+/// Where the app's replication stands on this node
+/// ([`AppContext::wal`](crate::app::AppContext::wal)).
+#[derive(Debug, Clone)]
+pub struct Wal {
+    replicated: Option<Arc<Replicated>>,
+}
+
+/// A node's replication position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalPosition {
+    /// The newest TXID stored in the bucket by this primary, or applied to
+    /// this standby's replica.
+    pub txid: u64,
+    /// Whether this node is the primary (shipping) or a replica.
+    pub primary: bool,
+}
+
+impl Wal {
+    pub(crate) fn new(replicated: Option<Arc<Replicated>>) -> Wal {
+        Wal { replicated }
+    }
+
+    /// The current position (`None`: no database configured, or a standby
+    /// not following yet).
+    pub async fn position(&self) -> Option<WalPosition> {
+        let r = self.replicated.as_ref()?;
+        if let Some(rep) = r.replicator() {
+            return Some(WalPosition {
+                txid: rep.position().borrow().txid,
+                primary: true,
+            });
+        }
+        match &*r.follower.lock().await {
+            Follower::Following(f) => Some(WalPosition {
+                txid: f.position().borrow().txid,
+                primary: false,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Primary: how long the oldest unshipped commit has waited; replica:
+    /// how far the replica trails the bucket.
+    pub async fn lag(&self) -> Duration {
+        let Some(r) = self.replicated.as_ref() else {
+            return Duration::ZERO;
+        };
+        if let Some(rep) = r.replicator() {
+            let p = *rep.position().borrow();
+            return match (p.pending_frames, p.shipped_at) {
+                (0, _) | (_, None) => Duration::ZERO,
+                (_, Some(at)) => SystemTime::now().duration_since(at).unwrap_or_default(),
+            };
+        }
+        match &*r.follower.lock().await {
+            Follower::Following(f) => f.lag(),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Primary: returns once every commit so far is stored in JetStream;
+    /// replica: once everything the bucket holds is applied. Yields the TXID.
+    pub async fn sync(&self) -> Result<u64> {
+        let r = self
+            .replicated
+            .as_ref()
+            .ok_or_else(|| Error::config("this app has no `sqlite` database"))?;
+        if let Some(rep) = r.replicator() {
+            return Ok(rep.sync().await?);
+        }
+        match &*r.follower.lock().await {
+            Follower::Following(f) => Ok(f.catch_up().await?),
+            _ => Err(Error::Wal(WalError::Stopped("replica follower"))),
+        }
+    }
+}
+
+/// Manual snapshots of the app's database in `P_A_snapshots`
+/// ([`AppContext::snapshots`](crate::app::AppContext::snapshots)).
+#[derive(Debug, Clone)]
+pub struct AppSnapshots {
+    replicated: Option<Arc<Replicated>>,
+}
+
+impl AppSnapshots {
+    pub(crate) fn new(replicated: Option<Arc<Replicated>>) -> AppSnapshots {
+        AppSnapshots { replicated }
+    }
+
+    fn replicated(&self) -> Result<&Arc<Replicated>> {
+        self.replicated
+            .as_ref()
+            .ok_or_else(|| Error::config("this app has no `sqlite` database"))
+    }
+
+    /// Takes a consistent snapshot of the database (on the active node)
+    /// and stores it; records `gc_snapshot_size_bytes`.
+    pub async fn create(&self) -> Result<SnapshotInfo> {
+        let r = self.replicated()?;
+        let replicator = r.replicator().ok_or_else(|| Error::NotActive { app: r.app.clone() })?;
+        let txid = replicator.position().borrow().txid;
+        let info = r.snapshots().await?.create_at(&r.data_path, Some(txid)).await?;
+        r.metrics.set_snapshot_size(&r.app, info.size);
+        Ok(info)
+    }
+
+    /// The newest snapshot, if any.
+    pub async fn latest(&self) -> Result<Option<SnapshotInfo>> {
+        Ok(self.replicated()?.snapshots().await?.latest().await?)
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn list(&self) -> Result<Vec<SnapshotInfo>> {
+        Ok(self.replicated()?.snapshots().await?.list().await?)
+    }
+
+    /// Writes snapshot `id` as a database file at `dest` (which must not
+    /// exist), verified.
+    pub async fn restore(&self, id: &str, dest: &Path) -> Result<crate::wal::restorer::RestoreInfo> {
+        Ok(self.replicated()?.snapshots().await?.restore(id, dest).await?)
+    }
+}
