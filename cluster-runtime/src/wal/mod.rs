@@ -10,9 +10,17 @@
 //!   database-file helpers everything else builds on: a full-image snapshot
 //!   of a database file and applying a decoded file onto one.
 //! - [`bucket`]: the replica bucket (object store, Litestream's NATS layout).
+//! - [`wal_file`]: reading SQLite's `-wal` file, frame by frame.
+//! - [`replicator`]: the primary: follows the WAL and ships every commit.
+//! - [`fence`]: TXID reservation so only one primary writes the bucket.
+//! - [`compact`]: higher levels, level-9 snapshots and retention.
 
 pub mod bucket;
+pub mod compact;
 mod error;
+pub mod fence;
 pub mod ltx;
+pub mod replicator;
+pub mod wal_file;
 
 pub use error::WalError;
