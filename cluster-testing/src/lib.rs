@@ -6,6 +6,7 @@
 //! can be SIGKILLed, SIGSTOPped and restarted.
 
 pub mod invariants;
+pub mod litestream;
 pub mod node;
 pub mod process;
 

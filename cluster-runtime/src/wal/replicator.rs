@@ -677,6 +677,10 @@ impl Capture {
             Ok(conn)
         };
         let ck = open()?;
+        // `ck` blocks writers briefly before a WAL restart; never wait long
+        // for the lock (we retry on a later round).
+        ck.busy_timeout(Duration::from_millis(100))
+            .map_err(|e| sqlite_err(db_path, e))?;
         let mode: String = ck
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|e| sqlite_err(db_path, e))?;
@@ -726,7 +730,8 @@ impl Capture {
                         if let Some(i) = commits.iter().position(|t| t.end == end) {
                             let later: Vec<_> = commits.into_iter().skip(i + 1).collect();
                             tracing::info!(
-                                txid = c.next_txid - 1, unshipped = later.len(),
+                                txid = c.next_txid - 1,
+                                unshipped = later.len(),
                                 "resuming in the WAL where the bucket ends"
                             );
                             c.cursor = Some(cursor);
@@ -789,7 +794,9 @@ impl Capture {
         let Some(file) = &self.wal else {
             return Ok(None);
         };
-        let mut file = file.try_clone().map_err(|e| WalError::io(&self.wal_path, e))?;
+        let mut file = file
+            .try_clone()
+            .map_err(|e| WalError::io(&self.wal_path, e))?;
         Ok(read_header(&mut file, &self.wal_path)?.map(|h| (file, h)))
     }
 
@@ -964,9 +971,12 @@ impl Capture {
         self.swap()
     }
 
-    /// PASSIVE checkpoint once the WAL is long and everything is shipped;
-    /// when it copied every frame, move our read transaction past the WAL
-    /// so the next writer can restart it.
+    /// Once the WAL holds `checkpoint_pages` frames and everything is
+    /// shipped: block writers with a write transaction on `ck`, read and
+    /// ship what is left, checkpoint (PASSIVE, from our idle reader: it
+    /// needs no write lock) and take our read transaction again after the
+    /// fully copied WAL, so the next writer restarts the WAL. Writers wait
+    /// for at most one upload.
     fn maybe_checkpoint(&mut self) -> Result<(), WalError> {
         let Some(cursor) = self.cursor else {
             return Ok(());
@@ -976,18 +986,40 @@ impl Capture {
         }
         if self
             .last_checkpoint
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(50))
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(20))
         {
             return Ok(());
         }
-        let shipped = self.shared.position.borrow().txid;
-        if shipped + 1 < self.next_txid {
+        if self.shared.position.borrow().txid + 1 < self.next_txid {
             return Ok(());
         }
         self.last_checkpoint = Some(Instant::now());
-        self.swap()?;
-        let (busy, log, done): (i64, i64, i64) = self
+        if let Err(e) = self.ck.execute_batch("BEGIN IMMEDIATE") {
+            tracing::debug!(error = %e, "checkpoint skipped: a writer is busy");
+            return Ok(());
+        }
+        let result = self.checkpoint_locked();
+        let rolled_back = self
             .ck
+            .execute_batch("ROLLBACK")
+            .map_err(|e| sqlite_err(&self.db_path, e));
+        result.and(rolled_back)
+    }
+
+    fn checkpoint_locked(&mut self) -> Result<(), WalError> {
+        self.capture()?;
+        // Everything shipped before the WAL may restart.
+        let target = self.next_txid - 1;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.shared.position.borrow().txid < target {
+            if Instant::now() > deadline || self.shared.failed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.swap()?;
+        let idle = 1 - self.active;
+        let (busy, log, done): (i64, i64, i64) = self.readers[idle]
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
@@ -995,7 +1027,8 @@ impl Capture {
         self.shared.checkpoints.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(busy, log, done, "checkpoint");
         if busy == 0 && log > 0 && log == done {
-            self.capture()?;
+            // Nothing can have been appended: writers are blocked. The new
+            // read transaction ignores the WAL, so the next writer restarts it.
             self.swap()?;
         }
         Ok(())
@@ -1136,11 +1169,7 @@ fn encode_batch(batch: &Batch, min_txid: u64) -> Result<Vec<u8>, WalError> {
     Ok(enc.finish()?.0)
 }
 
-async fn upload(
-    shared: &Shared,
-    fence: &mut Option<Fence>,
-    batch: &Batch,
-) -> Result<(), WalError> {
+async fn upload(shared: &Shared, fence: &mut Option<Fence>, batch: &Batch) -> Result<(), WalError> {
     let bytes = Bytes::from(encode_batch(batch, batch.min_txid)?);
     if let Some(f) = fence {
         f.reserve(batch.max_txid).await?;

@@ -296,6 +296,7 @@ mod tests {
         b
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn frame(
         wal: &mut Vec<u8>,
         big_endian: bool,
