@@ -4,15 +4,21 @@
 #   scripts/bench.sh failover
 #   scripts/bench.sh data
 #   scripts/bench.sh ring
+#   scripts/bench.sh wal
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/tools.sh
 ensure_nats_server
 if [ $# -ne 1 ]; then
-  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, rpc, data, ring)" >&2
+  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, rpc, data, ring, wal)" >&2
   exit 2
 fi
 cargo build --release --quiet -p cluster-testing --bins
+if [ "$1" = wal ]; then
+  # Our replicator vs stock Litestream 0.5.17 on the same nats-server.
+  ensure_litestream
+  exec ./target/release/cluster-wal-bench
+fi
 ./target/release/cluster-bench "$1"
 if [ "$1" = rpc ]; then
   # The generated-client line needs the macros, which live in `cluster`.

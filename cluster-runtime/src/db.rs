@@ -327,7 +327,7 @@ impl Db {
                 reason: e.to_string(),
             })
         };
-        let conn = rusqlite::Connection::open(&replicated.data_path).map_err(sqlite)?;
+        let mut conn = rusqlite::Connection::open(&replicated.data_path).map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -346,7 +346,8 @@ impl Db {
                 r.notify();
             }
             false
-        }));
+        }))
+        .map_err(sqlite)?;
         Ok(Db {
             conn,
             replicator: weak,

@@ -8,6 +8,7 @@
 pub mod invariants;
 #[cfg(target_os = "linux")]
 pub mod netns;
+pub mod litestream;
 pub mod node;
 pub mod process;
 

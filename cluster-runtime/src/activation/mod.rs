@@ -27,14 +27,22 @@ use crate::observe::{AppAudit, Metrics};
 /// Builds the steps an app's options call for, in the order of DESIGN
 /// §4.7. Checks what can be checked before the node joins (interface and
 /// capabilities for the VIP), so a misconfigured node fails at start-up.
+///
+/// The database is promoted first and replication starts before the
+/// backend (DESIGN §4.7 starts it after): the backend's first write is
+/// shipped, and on stepping down the backend stops before the final flush,
+/// so its last write is shipped too.
 pub(crate) fn steps_for(
     app: &App,
     commands: &tokio::sync::mpsc::Sender<crate::app::AppCommand>,
     audit: &AppAudit,
+    replicated: Option<&std::sync::Arc<crate::db::Replicated>>,
 ) -> Result<Vec<Step>> {
     let config_error =
         |e: &dyn std::fmt::Display| Error::config(format!("app `{}`: {e}", app.name));
     let mut steps = Vec::new();
+    let (promote, replicate) = replicated.map(wal::steps).unzip();
+    steps.extend(promote);
     if let Some(spec) = &app.ops.vip {
         let manager = crate::vip::VipManager::new(crate::vip::VipConfig::new(spec.clone()))
             .map_err(|e| config_error(&e))?;

@@ -14,12 +14,20 @@
 //!   and a replica file that follows the bucket.
 //! - [`promote`]: the followed replica becomes the app's database.
 //! - [`snapshots`]: manual full-image snapshots in `P_A_snapshots`.
+//! - [`wal_file`]: reading SQLite's `-wal` file, frame by frame.
+//! - [`replicator`]: the primary: follows the WAL and ships every commit.
+//! - [`fence`]: TXID reservation so only one primary writes the bucket.
+//! - [`compact`]: higher levels, level-9 snapshots and retention.
 
 pub mod bucket;
+pub mod compact;
 mod error;
+pub mod fence;
 pub mod ltx;
 pub mod promote;
 pub mod restorer;
 pub mod snapshots;
+pub mod replicator;
+pub mod wal_file;
 
 pub use error::WalError;
