@@ -103,6 +103,19 @@ impl Replicated {
         &self.data_path
     }
 
+    /// Creates the database's directory (a node that never held the
+    /// database has none yet).
+    fn ensure_dir(&self) -> std::result::Result<(), WalError> {
+        match self
+            .data_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            Some(dir) => std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e)),
+            None => Ok(()),
+        }
+    }
+
     fn replicator(&self) -> Option<Arc<Replicator>> {
         self.replicator.lock().ok().and_then(|r| r.clone())
     }
@@ -135,6 +148,7 @@ impl Replicated {
     }
 
     async fn open_follower(&self) -> std::result::Result<Restorer, WalError> {
+        self.ensure_dir()?;
         let bucket = WalBucket::open(&self.js, &self.wal_bucket).await?;
         Restorer::start(bucket, self.replica_path.clone()).await
     }
@@ -166,6 +180,7 @@ impl Replicated {
     /// bucket first; an empty bucket means a new database (nothing to
     /// promote). Returns the TXID the data path is now at.
     pub(crate) async fn promote(&self) -> std::result::Result<Option<u64>, WalError> {
+        self.ensure_dir()?;
         let mut txid = self.stop_following(true).await?;
         if txid.is_none() {
             match WalBucket::open(&self.js, &self.wal_bucket).await {
@@ -196,9 +211,7 @@ impl Replicated {
 
     /// Starts shipping the data path's commits under `epoch`.
     pub(crate) async fn start_replicating(&self, epoch: u64) -> std::result::Result<u64, WalError> {
-        if let Some(dir) = self.data_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
-        }
+        self.ensure_dir()?;
         let bucket = WalBucket::open_or_create(&self.js, &self.wal_bucket, self.replicas).await?;
         let mut config = ReplicatorConfig::new(&self.data_path, bucket);
         config.fence = Some(FenceConfig::new(self.coord.clone(), epoch));
@@ -213,7 +226,10 @@ impl Replicated {
 
     /// Stops shipping: with `flush`, everything committed is stored first
     /// (graceful step-down); without (lease lost), at once.
-    pub(crate) async fn stop_replicating(&self, flush: bool) -> std::result::Result<Option<u64>, WalError> {
+    pub(crate) async fn stop_replicating(
+        &self,
+        flush: bool,
+    ) -> std::result::Result<Option<u64>, WalError> {
         let Some(mut shared) = self.replicator.lock().ok().and_then(|mut r| r.take()) else {
             return Ok(None);
         };
@@ -237,7 +253,10 @@ impl Replicated {
     }
 
     /// Keeps `gc_replication_lag_seconds` and `gc_wal_bytes_total` current.
-    pub(crate) async fn report_metrics(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn report_metrics(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut shipped = 0u64;
         let mut last_replicator: Option<Weak<Replicator>> = None;
         loop {
@@ -251,7 +270,8 @@ impl Replicated {
                     last_replicator = Some(Arc::downgrade(&r));
                 }
                 let total = r.stats().bytes_shipped;
-                self.metrics.add_wal_bytes(&self.app, total.saturating_sub(shipped));
+                self.metrics
+                    .add_wal_bytes(&self.app, total.saturating_sub(shipped));
                 shipped = total;
                 let p = *r.position().borrow();
                 match (p.pending_frames, p.shipped_at) {
@@ -300,7 +320,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("app", &self.app).finish_non_exhaustive()
+        f.debug_struct("Db")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
     }
 }
 
@@ -320,7 +342,9 @@ impl std::ops::DerefMut for Db {
 impl Db {
     pub(crate) fn open(replicated: &Replicated) -> Result<Db> {
         let app = replicated.app.clone();
-        let replicator = replicated.replicator().ok_or_else(|| Error::NotActive { app: app.clone() })?;
+        let replicator = replicated
+            .replicator()
+            .ok_or_else(|| Error::NotActive { app: app.clone() })?;
         let sqlite = |e: rusqlite::Error| {
             Error::Wal(WalError::Sqlite {
                 path: replicated.data_path.clone(),
@@ -467,9 +491,15 @@ impl AppSnapshots {
     /// and stores it; records `gc_snapshot_size_bytes`.
     pub async fn create(&self) -> Result<SnapshotInfo> {
         let r = self.replicated()?;
-        let replicator = r.replicator().ok_or_else(|| Error::NotActive { app: r.app.clone() })?;
+        let replicator = r
+            .replicator()
+            .ok_or_else(|| Error::NotActive { app: r.app.clone() })?;
         let txid = replicator.position().borrow().txid;
-        let info = r.snapshots().await?.create_at(&r.data_path, Some(txid)).await?;
+        let info = r
+            .snapshots()
+            .await?
+            .create_at(&r.data_path, Some(txid))
+            .await?;
         r.metrics.set_snapshot_size(&r.app, info.size);
         Ok(info)
     }
@@ -486,7 +516,16 @@ impl AppSnapshots {
 
     /// Writes snapshot `id` as a database file at `dest` (which must not
     /// exist), verified.
-    pub async fn restore(&self, id: &str, dest: &Path) -> Result<crate::wal::restorer::RestoreInfo> {
-        Ok(self.replicated()?.snapshots().await?.restore(id, dest).await?)
+    pub async fn restore(
+        &self,
+        id: &str,
+        dest: &Path,
+    ) -> Result<crate::wal::restorer::RestoreInfo> {
+        Ok(self
+            .replicated()?
+            .snapshots()
+            .await?
+            .restore(id, dest)
+            .await?)
     }
 }

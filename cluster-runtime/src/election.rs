@@ -54,8 +54,11 @@ const UNSERVE_WAIT_WHEN_LOST: Duration = Duration::from_millis(20);
 enum Ended {
     /// Lease lost (expired or taken): try again at once.
     Lost,
-    /// Gave up on purpose: hold off for a while so another node wins.
+    /// Activation kept failing: hold off (flap damping), even while
+    /// others hold the lease — they may fail the same way.
     GaveUp(Duration),
+    /// Stepped down on request: hold off until someone else takes over.
+    SteppedDown(Duration),
     /// Shutting down.
     Shutdown,
 }
@@ -76,6 +79,7 @@ impl Election {
         let mut registered = self.inst.membership.registered();
         let mut generation = self.transport.generation();
         let mut holdoff_until = Instant::now();
+        let mut clear_on_takeover = true;
         let mut failures = 0u32;
         let mut watch: Option<KeyWatch> = None;
         if !self.eligible {
@@ -100,7 +104,9 @@ impl Election {
                     match state {
                         KeyState::Held { seq, value } => {
                             let (holder, epoch) = LeaderRecord::decode(seq, &value).unzip();
-                            if holder.as_deref().is_some_and(|h| h != self.inst.node()) {
+                            if clear_on_takeover
+                                && holder.as_deref().is_some_and(|h| h != self.inst.node())
+                            {
                                 // Someone else took over: a hold-off after our
                                 // step-down has done its job.
                                 holdoff_until = Instant::now();
@@ -126,7 +132,14 @@ impl Election {
                                         watch = None;
                                         match self.active(held, &mut failures).await {
                                             Ended::Lost => {}
-                                            Ended::GaveUp(d) => holdoff_until = Instant::now() + d,
+                                            Ended::GaveUp(d) => {
+                                                holdoff_until = Instant::now() + d;
+                                                clear_on_takeover = false;
+                                            }
+                                            Ended::SteppedDown(d) => {
+                                                holdoff_until = Instant::now() + d;
+                                                clear_on_takeover = true;
+                                            }
                                             Ended::Shutdown => break 'outer,
                                         }
                                         continue 'outer;
@@ -246,7 +259,7 @@ impl Election {
             Next::Lost(reason) => self.lost(&held, reason).await,
             Next::StepDown => {
                 self.step_down(&held).await;
-                Ended::GaveUp(self.key.timing().ttl)
+                Ended::SteppedDown(self.key.timing().ttl)
             }
             Next::Partitioned => {
                 // Our membership record lapsed: we are cut off. Demote now,

@@ -291,12 +291,7 @@ impl PlatformBuilder {
                 activation: crate::activation::Activation::new(
                     &app.name,
                     &config.node,
-                    crate::activation::steps_for(
-                        &app,
-                        &cmd_tx,
-                        ctx.audit(),
-                        replicated.as_ref(),
-                    )?,
+                    crate::activation::steps_for(&app, &cmd_tx, ctx.audit(), replicated.as_ref())?,
                     ctx.audit().clone(),
                     observe.metrics.clone(),
                 ),

@@ -6,9 +6,9 @@
 //! can be SIGKILLed, SIGSTOPped and restarted.
 
 pub mod invariants;
+pub mod litestream;
 #[cfg(target_os = "linux")]
 pub mod netns;
-pub mod litestream;
 pub mod node;
 pub mod process;
 

@@ -60,6 +60,26 @@ pub enum NodeEvent {
         /// The node that left.
         node: String,
     },
+    /// The database as found on becoming active (`--sqlite`).
+    DbCheck {
+        /// `PRAGMA integrity_check`'s answer (`ok`).
+        integrity: String,
+        /// Rows in the writer's table.
+        rows: i64,
+        /// Highest row id.
+        max_id: i64,
+        /// The epoch.
+        epoch: Option<u64>,
+    },
+    /// A row the writer committed (`synced`: `commit_synced` returned).
+    Committed {
+        /// Row id.
+        id: i64,
+        /// Epoch it was written under.
+        epoch: u64,
+        /// Stored in JetStream before this event.
+        synced: bool,
+    },
     /// Start-up failed.
     Error {
         /// The message.

@@ -103,6 +103,8 @@ fn parse_timestamp(s: &str) -> Option<i64> {
 #[derive(Clone)]
 pub struct WalBucket {
     store: object_store::ObjectStore,
+    /// The object store's stream (`OBJ_<bucket>`), for consumer-free reads.
+    stream: jetstream::stream::Stream<()>,
     name: String,
 }
 
@@ -123,7 +125,7 @@ impl WalBucket {
         replicas: usize,
     ) -> Result<Self, WalError> {
         match js.get_object_store(bucket).await {
-            Ok(store) => Ok(Self::wrap(store, bucket)),
+            Ok(store) => Self::wrap(js, store, bucket).await,
             Err(_) => {
                 let config = object_store::Config {
                     bucket: bucket.to_owned(),
@@ -133,13 +135,12 @@ impl WalBucket {
                     ..Default::default()
                 };
                 match js.create_object_store(config).await {
-                    Ok(store) => Ok(Self::wrap(store, bucket)),
+                    Ok(store) => Self::wrap(js, store, bucket).await,
                     // Lost a creation race: open what the other node made.
-                    Err(e) => js
-                        .get_object_store(bucket)
-                        .await
-                        .map(|store| Self::wrap(store, bucket))
-                        .map_err(|_| nats_error(bucket, "create", e)),
+                    Err(e) => match js.get_object_store(bucket).await {
+                        Ok(store) => Self::wrap(js, store, bucket).await,
+                        Err(_) => Err(nats_error(bucket, "create", e)),
+                    },
                 }
             }
         }
@@ -148,17 +149,27 @@ impl WalBucket {
     /// Opens an existing bucket — the restore path: a missing bucket is an
     /// error, not an empty database.
     pub async fn open(js: &jetstream::Context, bucket: &str) -> Result<Self, WalError> {
-        js.get_object_store(bucket)
+        let store = js
+            .get_object_store(bucket)
             .await
-            .map(|store| Self::wrap(store, bucket))
-            .map_err(|_| WalError::NoBucket(bucket.to_owned()))
+            .map_err(|_| WalError::NoBucket(bucket.to_owned()))?;
+        Self::wrap(js, store, bucket).await
     }
 
-    fn wrap(store: object_store::ObjectStore, bucket: &str) -> Self {
-        WalBucket {
+    async fn wrap(
+        js: &jetstream::Context,
+        store: object_store::ObjectStore,
+        bucket: &str,
+    ) -> Result<Self, WalError> {
+        let stream = js
+            .get_stream_no_info(format!("OBJ_{bucket}"))
+            .await
+            .map_err(|e| nats_error(bucket, "open stream", e))?;
+        Ok(WalBucket {
             store,
+            stream,
             name: bucket.to_owned(),
-        }
+        })
     }
 
     /// The bucket's name.
@@ -257,8 +268,37 @@ impl WalBucket {
     }
 
     /// Reads a file's bytes. The caller decodes (and so verifies) them.
+    ///
+    /// A file stored in one chunk (every file our replicator writes, up to
+    /// 1 MiB) is read with two stream requests and no consumer: a standby
+    /// following hundreds of commits a second would otherwise create a
+    /// consumer per file. Larger files are read through a consumer.
     pub async fn get(&self, file: &FileInfo) -> Result<Bytes, WalError> {
         let name = file.name();
+        let info = self
+            .store
+            .info(&name)
+            .await
+            .map_err(|e| nats_error(&self.name, &format!("info {name}"), e))?;
+        if info.chunks == 1 {
+            let chunk = format!("$O.{}.C.{}", self.name, info.nuid);
+            let message = self
+                .stream
+                .get_last_raw_message_by_subject(&chunk)
+                .await
+                .map_err(|e| nats_error(&self.name, &format!("get {name}"), e))?;
+            if message.payload.len() != info.size {
+                return Err(WalError::Corrupt {
+                    name,
+                    reason: format!(
+                        "object holds {} bytes, its metadata says {}",
+                        message.payload.len(),
+                        info.size
+                    ),
+                });
+            }
+            return Ok(message.payload);
+        }
         let mut object = self
             .store
             .get(&name)

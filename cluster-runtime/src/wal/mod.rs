@@ -25,9 +25,9 @@ mod error;
 pub mod fence;
 pub mod ltx;
 pub mod promote;
+pub mod replicator;
 pub mod restorer;
 pub mod snapshots;
-pub mod replicator;
 pub mod wal_file;
 
 pub use error::WalError;

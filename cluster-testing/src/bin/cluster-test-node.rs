@@ -52,6 +52,62 @@ struct Args {
     /// A replicated SQLite database for the app.
     #[arg(long)]
     sqlite: Option<String>,
+    /// With --sqlite: while active, insert a row every this many ms (0 =
+    /// never); every 5th insert waits for `commit_synced`.
+    #[arg(long, default_value_t = 0)]
+    writer_ms: u64,
+}
+
+/// On becoming active: check the promoted database and report it.
+fn check_db(ctx: &cluster_runtime::app::AppContext) -> cluster_runtime::Result<()> {
+    let db = ctx.db()?;
+    let sql = |e: rusqlite::Error| cluster_runtime::Error::config(format!("sqlite: {e}"));
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, pad TEXT)",
+        [],
+    )
+    .map_err(sql)?;
+    let integrity: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(sql)?;
+    let (rows, max_id): (i64, i64) = db
+        .query_row(
+            "SELECT count(*), coalesce(max(id), 0) FROM writes",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(sql)?;
+    emit(&NodeEvent::DbCheck {
+        integrity,
+        rows,
+        max_id,
+        epoch: ctx.fencing_token(),
+    });
+    Ok(())
+}
+
+/// While active: one row per period, every 5th synced.
+async fn write_rows(ctx: cluster_runtime::app::AppContext, period: Duration) {
+    let Ok(db) = ctx.db() else { return };
+    let mut n = 0u64;
+    while ctx.is_active() {
+        let Some(epoch) = ctx.fencing_token() else {
+            break;
+        };
+        let inserted = db.query_row(
+            "INSERT INTO writes (epoch, pad) VALUES (?1, ?2) RETURNING id",
+            rusqlite::params![epoch as i64, "x".repeat(200)],
+            |r| r.get::<_, i64>(0),
+        );
+        let Ok(id) = inserted else { break };
+        n += 1;
+        let synced = n % 5 == 0;
+        if synced && db.commit_synced().await.is_err() {
+            break;
+        }
+        emit(&NodeEvent::Committed { id, epoch, synced });
+        tokio::time::sleep(period).await;
+    }
 }
 
 fn emit(event: &NodeEvent) {
@@ -100,6 +156,8 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
         .map_err(|e| cluster_runtime::Error::config(format!("--mode: {e}")))?;
     let ttl = Duration::from_secs(args.lease_ttl);
     let tick = Duration::from_millis(args.tick_ms);
+    let has_db = args.sqlite.is_some();
+    let writer = Duration::from_millis(args.writer_ms);
     let timing = match (args.lease_renew_ms, args.lease_deadline_ms) {
         (Some(renew), Some(deadline)) => LeaseTiming::new(
             ttl,
@@ -118,6 +176,12 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
                 app: ctx.app().into(),
                 t_ns: monotonic_ns(),
             });
+            if has_db {
+                check_db(&ctx)?;
+                if !writer.is_zero() {
+                    tokio::spawn(write_rows(ctx.clone(), writer));
+                }
+            }
             if !tick.is_zero() {
                 tokio::spawn(async move {
                     // Work that must only happen while active: each tick is
