@@ -176,7 +176,9 @@ async fn twenty_sigkills_keep_every_synced_commit() {
 /// Rows of `writes` as (id, epoch), from a database file.
 fn rows_of(path: &std::path::Path) -> BTreeMap<i64, i64> {
     let conn = rusqlite::Connection::open(path).expect("open");
-    let mut stmt = conn.prepare("SELECT id, epoch FROM writes").expect("prepare");
+    let mut stmt = conn
+        .prepare("SELECT id, epoch FROM writes")
+        .expect("prepare");
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
         .expect("query");
@@ -193,9 +195,14 @@ async fn a_deposed_primary_cannot_ship_after_it_resumes() {
         .await
         .expect("nats");
     let dir = tempfile::tempdir().expect("tempdir");
-    let nodes = Nodes::start(["p1", "p2"].iter().map(|id| spec(&server.url(), id, dir.path())).collect())
-        .await
-        .expect("nodes");
+    let nodes = Nodes::start(
+        ["p1", "p2"]
+            .iter()
+            .map(|id| spec(&server.url(), id, dir.path()))
+            .collect(),
+    )
+    .await
+    .expect("nodes");
     let old = nodes.wait_for_active(APP, WAIT).await.expect("active");
     let old_epoch = nodes
         .wait_until(WAIT, || {
@@ -218,10 +225,15 @@ async fn a_deposed_primary_cannot_ship_after_it_resumes() {
         })
         .await
         .unwrap_or_else(|| {
-            let tail: Vec<String> = nodes.nodes.iter().filter(|n| n.id() != old).map(|n| {
-                let e = n.stderr();
-                e[e.len().saturating_sub(4000)..].to_owned()
-            }).collect();
+            let tail: Vec<String> = nodes
+                .nodes
+                .iter()
+                .filter(|n| n.id() != old)
+                .map(|n| {
+                    let e = n.stderr();
+                    e[e.len().saturating_sub(4000)..].to_owned()
+                })
+                .collect();
             panic!("no new active: {tail:?}")
         });
     // The new primary ships synced writes under a greater epoch.
@@ -294,11 +306,20 @@ async fn a_deposed_primary_cannot_ship_after_it_resumes() {
     // and wrote again; every row of the new primary must be there as is,
     // and no row may carry the deposed epoch unless the new primary has it.
     for (id, epoch) in &expected {
-        assert_eq!(got.get(id), Some(epoch), "row {id} (restored at TXID {:x})", info.txid);
+        assert_eq!(
+            got.get(id),
+            Some(epoch),
+            "row {id} (restored at TXID {:x})",
+            info.txid
+        );
     }
     for (id, epoch) in &got {
         if *epoch as u64 == old_epoch {
-            assert_eq!(expected.get(id), Some(epoch), "deposed primary's row {id} leaked into the bucket");
+            assert_eq!(
+                expected.get(id),
+                Some(epoch),
+                "deposed primary's row {id} leaked into the bucket"
+            );
         }
     }
 }

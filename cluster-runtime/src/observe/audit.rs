@@ -60,6 +60,7 @@ pub const RESERVED_CATEGORIES: &[&str] = &[
     "lock",
     "app",
     "backend",
+    "vip",
     "wal",
     "placement",
 ];
