@@ -101,7 +101,7 @@ async fn write_rows(ctx: cluster_runtime::app::AppContext, period: Duration) {
         );
         let Ok(id) = inserted else { break };
         n += 1;
-        let synced = n % 5 == 0;
+        let synced = n.is_multiple_of(5);
         if synced && db.commit_synced().await.is_err() {
             break;
         }
