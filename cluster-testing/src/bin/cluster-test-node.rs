@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use cluster_runtime::app::{App, Mode};
-use cluster_runtime::backend::{BackendConfig, HealthProbe};
+use cluster_runtime::backend::{BackendConfig, DockerOptions, HealthProbe};
 use cluster_runtime::clock::monotonic_ns;
 use cluster_runtime::config::{Config, ConfigArgs};
 use cluster_runtime::lease::LeaseTiming;
@@ -49,6 +49,15 @@ struct Args {
     /// The backend's health endpoint (HTTP GET, 200 expected).
     #[arg(long, requires = "backend")]
     backend_health: Option<String>,
+    /// An environment variable for the backend, `KEY=VALUE` (repeatable).
+    #[arg(long, requires = "backend")]
+    backend_env: Vec<String>,
+    /// Docker backend: the container name.
+    #[arg(long, requires = "backend")]
+    docker_name: Option<String>,
+    /// Docker backend: a published port, `HOST:CONTAINER` (repeatable).
+    #[arg(long, requires = "backend")]
+    docker_port: Vec<String>,
     /// A replicated SQLite database for the app.
     #[arg(long)]
     sqlite: Option<String>,
@@ -278,6 +287,30 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
             .map_err(|e| cluster_runtime::Error::config(format!("--backend: {e}")))?
             .env("NODE_ID", config.node.clone())
             .stop_grace(Duration::from_secs(2));
+        for kv in &args.backend_env {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| cluster_runtime::Error::config(format!("--backend-env `{kv}`: use KEY=VALUE")))?;
+            backend = backend.env(k, v);
+        }
+        if args.docker_name.is_some() || !args.docker_port.is_empty() {
+            let mut docker = DockerOptions {
+                name: args.docker_name.clone(),
+                ..DockerOptions::default()
+            };
+            for p in &args.docker_port {
+                let port = |s: &str| {
+                    s.parse::<u16>().map_err(|_| {
+                        cluster_runtime::Error::config(format!("--docker-port `{p}`: use HOST:CONTAINER"))
+                    })
+                };
+                let (host, container) = p.split_once(':').ok_or_else(|| {
+                    cluster_runtime::Error::config(format!("--docker-port `{p}`: use HOST:CONTAINER"))
+                })?;
+                docker.ports.push((port(host)?, port(container)?));
+            }
+            backend = backend.docker(docker);
+        }
         if let Some(url) = &args.backend_health {
             backend =
                 backend.probe(HealthProbe::new(url.clone()).interval(Duration::from_millis(50)));
