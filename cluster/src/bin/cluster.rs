@@ -1,5 +1,7 @@
 //! The `cluster` command-line tool: inspect and steer a platform straight
-//! through NATS (no node needs to be asked for status).
+//! through NATS (no node needs to be asked for status), and replicate or
+//! restore a standalone SQLite database (`cluster db`, see
+//! `docs/replication-cli.md`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -74,6 +76,13 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
     },
+    /// Replicate a SQLite database to a NATS bucket, or restore one from it
+    /// (Litestream 0.5 layout: stock `litestream` reads and writes the same
+    /// buckets).
+    Db {
+        #[command(subcommand)]
+        command: db::DbCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,7 +103,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = match &cli.command {
+        Command::Db { command } => rt
+            .block_on(db::run(&cli, command))
+            .map_err(|e| e.to_string()),
+        _ => rt.block_on(run(cli)).map_err(|e| e.to_string()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -122,6 +137,8 @@ async fn connect(cli: &Cli) -> Result<(Transport, Names)> {
 async fn run(cli: Cli) -> Result<()> {
     let (transport, names) = connect(&cli).await?;
     match &cli.command {
+        // Needs no platform; `main` runs it without this connection.
+        Command::Db { .. } => unreachable!("`cluster db` is dispatched by main"),
         Command::Status => {
             let view = PlatformView::read(&transport, &names).await?;
             if view.members.is_empty() && view.apps.is_empty() {
@@ -268,5 +285,315 @@ fn print_members(view: &PlatformView) {
             rec.health_addr.as_deref().unwrap_or("-"),
             dash(&apps)
         );
+    }
+}
+
+/// `cluster db`: a standalone SQLite database replicated to, and restored
+/// from, a NATS object-store bucket in Litestream 0.5's layout — the
+/// `litestream replicate` / `litestream restore` pair, with no platform.
+mod db {
+    use std::fmt;
+    use std::path::{Path, PathBuf};
+
+    use clap::Subcommand;
+    use cluster::runtime::error::Error;
+    use cluster::runtime::wal::bucket::WalBucket;
+    use cluster::runtime::wal::replicator::{Replicator, ReplicatorConfig};
+    use cluster::runtime::wal::restorer::{self, RestoreOptions};
+    use cluster::runtime::wal::WalError;
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+
+    use super::{connect, print_json, Cli};
+
+    #[derive(Debug, Subcommand)]
+    pub(crate) enum DbCommand {
+        /// Ship every commit of a SQLite database to BUCKET until SIGTERM or
+        /// SIGINT, then ship what is committed and print the final TXID.
+        Replicate {
+            /// The SQLite database file (switched to WAL mode if it is not).
+            #[arg(long, value_name = "PATH")]
+            db: PathBuf,
+            /// The object-store bucket; created if missing.
+            #[arg(long, value_name = "NAME")]
+            bucket: String,
+            /// JetStream replicas of the bucket when it is created.
+            #[arg(long, default_value_t = 1, value_name = "N")]
+            replicas: usize,
+        },
+        /// Rebuild the database BUCKET holds into OUT (the newest state, or
+        /// the state as of --txid).
+        Restore {
+            /// The object-store bucket.
+            #[arg(long, value_name = "NAME")]
+            bucket: String,
+            /// Where to write the database.
+            #[arg(short = 'o', long = "output", value_name = "OUT")]
+            out: PathBuf,
+            /// Restore up to this TXID (hex, as Litestream prints it, e.g.
+            /// `000000000000002a` or `2a`); it must end a file in the bucket.
+            #[arg(long, value_name = "HEX", value_parser = parse_txid)]
+            txid: Option<u64>,
+            /// Replace OUT if it exists (and its stale `-wal`/`-shm`).
+            #[arg(long)]
+            force: bool,
+        },
+    }
+
+    /// Why a `cluster db` command failed.
+    #[derive(Debug)]
+    pub(crate) enum DbError {
+        /// The database to replicate is not there.
+        NoDatabase(PathBuf),
+        /// The path to replicate is not a regular file.
+        NotAFile(PathBuf),
+        /// OUT exists and `--force` was not given.
+        OutputExists(PathBuf),
+        /// The requested TXID is not a state the bucket can restore.
+        Txid {
+            txid: u64,
+            newest: Option<u64>,
+            source: WalError,
+        },
+        /// A second signal arrived while the last commits were shipped.
+        Interrupted(&'static str),
+        /// Signal handlers could not be installed.
+        Signals(std::io::Error),
+        /// Connecting to NATS failed.
+        Connect(Error),
+        /// Replication or restore failed.
+        Wal(WalError),
+    }
+
+    impl fmt::Display for DbError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                DbError::NoDatabase(p) => write!(f, "database `{}` does not exist", p.display()),
+                DbError::NotAFile(p) => write!(f, "database `{}` is not a file", p.display()),
+                DbError::OutputExists(p) => write!(
+                    f,
+                    "`{}` already exists; pass --force to replace it",
+                    p.display()
+                ),
+                DbError::Txid {
+                    txid,
+                    newest,
+                    source,
+                } => {
+                    write!(f, "cannot restore TXID {txid:016x}: {source}")?;
+                    match newest {
+                        // Within the bucket's range but inside a file: only
+                        // file boundaries are restorable states.
+                        Some(newest) if newest >= txid => write!(
+                            f,
+                            " (a TXID to restore must end a file in the bucket; \
+                             the newest is {newest:016x})"
+                        ),
+                        _ => Ok(()),
+                    }
+                }
+                DbError::Interrupted(sig) => {
+                    write!(f, "{sig} again: stopped without shipping the last commits")
+                }
+                DbError::Signals(e) => write!(f, "cannot handle SIGTERM/SIGINT: {e}"),
+                DbError::Connect(e) => e.fmt(f),
+                DbError::Wal(e) => e.fmt(f),
+            }
+        }
+    }
+
+    impl From<WalError> for DbError {
+        fn from(e: WalError) -> Self {
+            DbError::Wal(e)
+        }
+    }
+
+    /// A TXID as Litestream prints it: up to 16 hex digits, `0x` allowed.
+    fn parse_txid(s: &str) -> Result<u64, String> {
+        let hex = s.strip_prefix("0x").unwrap_or(s);
+        if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "`{s}` is not a TXID (up to 16 hex digits, e.g. 000000000000002a)"
+            ));
+        }
+        match u64::from_str_radix(hex, 16) {
+            Ok(0) => Err("TXIDs start at 1".into()),
+            Ok(txid) => Ok(txid),
+            Err(e) => Err(format!("`{s}` is not a TXID: {e}")),
+        }
+    }
+
+    pub(crate) async fn run(cli: &Cli, command: &DbCommand) -> Result<(), DbError> {
+        match command {
+            DbCommand::Replicate {
+                db,
+                bucket,
+                replicas,
+            } => replicate(cli, db, bucket, *replicas).await,
+            DbCommand::Restore {
+                bucket,
+                out,
+                txid,
+                force,
+            } => restore(cli, bucket, out, *txid, *force).await,
+        }
+    }
+
+    /// SIGTERM or SIGINT, whichever comes first.
+    struct Signals {
+        term: Signal,
+        int: Signal,
+    }
+
+    impl Signals {
+        fn install() -> Result<Self, DbError> {
+            Ok(Signals {
+                term: signal(SignalKind::terminate()).map_err(DbError::Signals)?,
+                int: signal(SignalKind::interrupt()).map_err(DbError::Signals)?,
+            })
+        }
+
+        async fn recv(&mut self) -> &'static str {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+    }
+
+    async fn replicate(cli: &Cli, db: &Path, bucket: &str, replicas: usize) -> Result<(), DbError> {
+        match std::fs::metadata(db) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(DbError::NotAFile(db.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DbError::NoDatabase(db.to_owned()))
+            }
+            Err(e) => return Err(WalError::io(db, e).into()),
+        }
+        // Upload retries and the like go to stderr; stdout keeps its two lines.
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        // Installed first: a signal during start-up is seen, not fatal.
+        let mut signals = Signals::install()?;
+        let (transport, _) = connect(cli).await.map_err(DbError::Connect)?;
+        let wal_bucket = WalBucket::open_or_create(transport.jetstream(), bucket, replicas).await?;
+        let replicator = Replicator::start(ReplicatorConfig::new(db, wal_bucket)).await?;
+        let start = replicator.position().borrow().txid;
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "replicating",
+                    "db": db,
+                    "bucket": bucket,
+                    "nats": transport.urls(),
+                    "after_txid": format!("{start:016x}"),
+                })
+            );
+        } else {
+            let after = if start == 0 {
+                String::new()
+            } else {
+                format!(" after TXID {start:016x}")
+            };
+            println!(
+                "replicating {} to bucket `{bucket}` at {}{after}; SIGTERM or Ctrl-C stops",
+                db.display(),
+                transport.urls()
+            );
+        }
+
+        let mut position = replicator.position();
+        loop {
+            tokio::select! {
+                _ = signals.recv() => break,
+                changed = position.changed() => {
+                    if changed.is_err() || replicator.error().is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Ship what is committed; a second signal gives up on that.
+        let stopped = tokio::select! {
+            stopped = replicator.stop() => stopped?,
+            sig = signals.recv() => return Err(DbError::Interrupted(sig)),
+        };
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "stopped",
+                    "bucket": bucket,
+                    "txid": format!("{:016x}", stopped.txid),
+                })
+            );
+        } else {
+            println!(
+                "stopped; bucket `{bucket}` holds TXID {:016x}",
+                stopped.txid
+            );
+        }
+        Ok(())
+    }
+
+    async fn restore(
+        cli: &Cli,
+        bucket: &str,
+        out: &Path,
+        txid: Option<u64>,
+        force: bool,
+    ) -> Result<(), DbError> {
+        if !force && out.symlink_metadata().is_ok() {
+            return Err(DbError::OutputExists(out.to_owned()));
+        }
+        let (transport, _) = connect(cli).await.map_err(DbError::Connect)?;
+        let wal_bucket = WalBucket::open(transport.jetstream(), bucket).await?;
+        let options = RestoreOptions {
+            target: txid,
+            overwrite: force,
+        };
+        let info = match (
+            restorer::restore_with(&wal_bucket, out, &options).await,
+            txid,
+        ) {
+            (Ok(info), _) => info,
+            // The bucket is fine but has no state at that TXID: say which it has.
+            (Err(e @ (WalError::Unavailable { .. } | WalError::Gap { .. })), Some(txid)) => {
+                let newest = wal_bucket
+                    .list()
+                    .await
+                    .ok()
+                    .and_then(|l| l.values().flatten().map(|f| f.max_txid).max());
+                return Err(DbError::Txid {
+                    txid,
+                    newest,
+                    source: e,
+                });
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
+        if cli.json {
+            print_json(&serde_json::json!({
+                "bucket": bucket,
+                "out": out,
+                "txid": format!("{:016x}", info.txid),
+                "files": info.files,
+                "bytes": info.bytes,
+                "pages": info.pages,
+            }));
+        } else {
+            println!(
+                "restored TXID {:016x} ({} files, {} bytes) to {}",
+                info.txid,
+                info.files,
+                info.bytes,
+                out.display()
+            );
+        }
+        Ok(())
     }
 }
