@@ -17,7 +17,9 @@ cargo build --release --quiet -p cluster-testing --bins
 if [ "$1" = wal ]; then
   # Our replicator vs stock Litestream 0.5.17 on the same nats-server.
   ensure_litestream
-  exec ./target/release/cluster-wal-bench
+  ./target/release/cluster-wal-bench
+  # Restore of a ~100 MB database, ours vs `litestream restore`.
+  exec ./target/release/cluster-wal-restore-bench
 fi
 ./target/release/cluster-bench "$1"
 if [ "$1" = rpc ]; then

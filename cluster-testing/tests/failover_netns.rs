@@ -193,5 +193,55 @@ async fn vip_and_backend_follow_the_active_across_sigkill_and_partition() {
     })
     .await;
     assert!(!has_vip(cut, &vip));
-    assert_eq!(nodes.with_role(APP, Role::Active), vec![third]);
+    assert_eq!(nodes.with_role(APP, Role::Active), vec![third.clone()]);
+
+    // Graceful step-down (SIGTERM): the backend is stopped before the VIP
+    // is released, as the audit log records it.
+    let since = std::time::SystemTime::now();
+    nodes
+        .get(&third)
+        .expect("node")
+        .terminate()
+        .expect("SIGTERM");
+    let mut config = cluster_runtime::config::Config::default();
+    config.nats.urls = vec![nats.url()];
+    config.node = "auditor".into();
+    config.platform = "test".into();
+    config.health_addr = None;
+    let auditor = cluster_runtime::platform::Platform::builder()
+        .config(config)
+        .start()
+        .await
+        .expect("auditor");
+    let filter = cluster_runtime::observe::AuditFilter::new()
+        .app(APP)
+        .since(since);
+    let mut entries = Vec::new();
+    let end = Instant::now() + WAIT;
+    while Instant::now() < end {
+        entries = auditor
+            .audit()
+            .query(filter.clone())
+            .await
+            .unwrap_or_default();
+        if entries
+            .iter()
+            .any(|e| e.node == third && e.action == "vip.released")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seq = |action: &str| {
+        entries
+            .iter()
+            .find(|e| e.node == third && e.action == action)
+            .map(|e| e.seq)
+            .unwrap_or_else(|| panic!("no {action} by {third}: {entries:?}"))
+    };
+    assert!(
+        seq("backend.stopped") < seq("vip.released"),
+        "the VIP was released before the backend stopped"
+    );
+    auditor.shutdown().await;
 }

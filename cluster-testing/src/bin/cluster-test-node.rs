@@ -288,9 +288,9 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
             .env("NODE_ID", config.node.clone())
             .stop_grace(Duration::from_secs(2));
         for kv in &args.backend_env {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| cluster_runtime::Error::config(format!("--backend-env `{kv}`: use KEY=VALUE")))?;
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                cluster_runtime::Error::config(format!("--backend-env `{kv}`: use KEY=VALUE"))
+            })?;
             backend = backend.env(k, v);
         }
         if args.docker_name.is_some() || !args.docker_port.is_empty() {
@@ -301,11 +301,15 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
             for p in &args.docker_port {
                 let port = |s: &str| {
                     s.parse::<u16>().map_err(|_| {
-                        cluster_runtime::Error::config(format!("--docker-port `{p}`: use HOST:CONTAINER"))
+                        cluster_runtime::Error::config(format!(
+                            "--docker-port `{p}`: use HOST:CONTAINER"
+                        ))
                     })
                 };
                 let (host, container) = p.split_once(':').ok_or_else(|| {
-                    cluster_runtime::Error::config(format!("--docker-port `{p}`: use HOST:CONTAINER"))
+                    cluster_runtime::Error::config(format!(
+                        "--docker-port `{p}`: use HOST:CONTAINER"
+                    ))
                 })?;
                 docker.ports.push((port(host)?, port(container)?));
             }
