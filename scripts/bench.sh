@@ -5,15 +5,27 @@
 #   scripts/bench.sh data
 #   scripts/bench.sh ring
 #   scripts/bench.sh wal
+#   scripts/bench.sh failover-full   (root: network namespaces)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/tools.sh
 ensure_nats_server
 if [ $# -ne 1 ]; then
-  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, rpc, data, ring, wal)" >&2
+  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, failover-full, rpc, data, ring, wal)" >&2
   exit 2
 fi
+if [ "$1" = failover-full ] && [ "$(id -u)" -ne 0 ]; then
+  echo "error: failover-full needs root: it builds network namespaces and moves a VIP (run: sudo scripts/bench.sh failover-full)" >&2
+  exit 1
+fi
 cargo build --release --quiet -p cluster-testing --bins
+if [ "$1" = failover-full ]; then
+  # SIGKILL of the active (sqlite + VIP + process backend, ttl 1 s) → a
+  # client in another namespace is answered through the VIP by the new
+  # active. Extra arguments: FAILOVER_FULL_ARGS="--trials 30".
+  # shellcheck disable=SC2086
+  exec ./target/release/cluster-failover-bench ${FAILOVER_FULL_ARGS:-}
+fi
 if [ "$1" = wal ]; then
   # Our replicator vs stock Litestream 0.5.17 on the same nats-server.
   ensure_litestream
