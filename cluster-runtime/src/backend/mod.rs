@@ -411,6 +411,10 @@ pub struct Supervisor {
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// First pause between start-up health checks; it doubles up to the
+/// probe interval.
+const STARTUP_CHECK_PAUSE: Duration = Duration::from_millis(10);
+
 /// Pause between health checks while waiting, when no probe sets one.
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -465,6 +469,10 @@ impl Supervisor {
             }
         }
         let interval = self.interval();
+        // Start-up checks come fast and slow down to the probe interval: a
+        // process is usually listening within milliseconds, and waiting a
+        // whole interval (1 s by default) would sit on the failover path.
+        let mut pause = STARTUP_CHECK_PAUSE.min(interval);
         // The last answer a check gave (a check cut off by the deadline
         // keeps the one before it: that is the informative one).
         let mut last = "no health check finished".to_owned();
@@ -480,7 +488,8 @@ impl Supervisor {
                 return Err(timeout(last));
             }
             tracing::debug!(kind = self.backend.kind(), %last, "backend not healthy yet");
-            tokio::time::sleep_until((now + interval).min(deadline)).await;
+            tokio::time::sleep_until((now + pause).min(deadline)).await;
+            pause = (pause * 2).min(interval);
         }
         self.healthy.send_replace(true);
         self.spawn_watcher();

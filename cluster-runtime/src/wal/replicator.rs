@@ -339,6 +339,9 @@ enum Resume {
     AtWalOffset { salts: (u32, u32), end: u64 },
 }
 
+/// How long a new primary waits for an upload its predecessor reserved.
+const RESERVED_UPLOAD_WAIT: Duration = Duration::from_millis(200);
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -361,10 +364,16 @@ impl Replicator {
         let mut bucket_max = max_txid(&bucket).await?;
         if head_txid > bucket_max {
             // A previous primary reserved TXIDs it may still be uploading:
-            // give it a moment to land so we do not leave a gap.
-            let deadline = Instant::now() + Duration::from_secs(2);
+            // give an upload already in flight a moment to land so we do
+            // not leave a gap. Only a put on the wire can still arrive (a
+            // primary stops shipping at its lease deadline, a killed one
+            // never ships), so the wait is short: it sits on the failover
+            // path (it was 2 s, ~10% of crash failovers paid it in
+            // `scripts/bench.sh failover-full`). A gap it misses is closed
+            // by the full image and snapshot below.
+            let deadline = Instant::now() + RESERVED_UPLOAD_WAIT;
             while bucket_max < head_txid && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 bucket_max = max_txid(&bucket).await?;
             }
         }
