@@ -16,6 +16,7 @@
 //! a file (`wal.head` fencing).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -54,6 +55,9 @@ pub(crate) struct Replicated {
     follower: tokio::sync::Mutex<Follower>,
     /// The TXID the promoted database is at, for the replicator.
     promoted: Mutex<Option<u64>>,
+    /// Whether `ctx.db()` commits are accepted: only while replicating.
+    /// Cleared before the final flush, so no commit lands after it.
+    accepting: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Replicated {
@@ -96,6 +100,7 @@ impl Replicated {
             replicator: Mutex::new(None),
             follower: tokio::sync::Mutex::new(Follower::Idle),
             promoted: Mutex::new(None),
+            accepting: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -221,6 +226,7 @@ impl Replicated {
         if let Ok(mut r) = self.replicator.lock() {
             *r = Some(Arc::new(replicator));
         }
+        self.accepting.store(true, Ordering::SeqCst);
         Ok(txid)
     }
 
@@ -230,6 +236,19 @@ impl Replicated {
         &self,
         flush: bool,
     ) -> std::result::Result<Option<u64>, WalError> {
+        // From here on `ctx.db()` commits roll back; wait for one already
+        // committing (a write lock is granted only after it), so the final
+        // flush below ships every commit this node accepted.
+        self.accepting.store(false, Ordering::SeqCst);
+        if flush && self.data_path.exists() {
+            let path = self.data_path.clone();
+            let _ = tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
+                let conn = rusqlite::Connection::open(path)?;
+                conn.busy_timeout(Duration::from_secs(5))?;
+                conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            })
+            .await;
+        }
         let Some(mut shared) = self.replicator.lock().ok().and_then(|mut r| r.take()) else {
             return Ok(None);
         };
@@ -364,8 +383,14 @@ impl Db {
         }
         let weak = Arc::downgrade(&replicator);
         let hook = weak.clone();
-        // Ship at once instead of at the next WAL poll.
+        let accepting = Arc::clone(&replicated.accepting);
+        // Ship at once instead of at the next WAL poll; once replication is
+        // stopping (this node is stepping down), turn commits into
+        // rollbacks: they would never be shipped.
         conn.commit_hook(Some(move || {
+            if !accepting.load(Ordering::SeqCst) {
+                return true;
+            }
             if let Some(r) = hook.upgrade() {
                 r.notify();
             }

@@ -305,12 +305,20 @@ async fn a_deposed_primary_cannot_ship_after_it_resumes() {
     // The bucket may hold more than the file if the other node took over
     // and wrote again; every row of the new primary must be there as is,
     // and no row may carry the deposed epoch unless the new primary has it.
+    let logs = || -> String {
+        nodes
+            .nodes
+            .iter()
+            .map(|n| format!("--- {}:\n{}", n.id(), n.stderr()))
+            .collect()
+    };
     for (id, epoch) in &expected {
         assert_eq!(
             got.get(id),
             Some(epoch),
-            "row {id} (restored at TXID {:x})",
-            info.txid
+            "row {id} (restored at TXID {:x})\n{}",
+            info.txid,
+            logs()
         );
     }
     for (id, epoch) in &got {
