@@ -316,22 +316,7 @@ impl WalBucket {
     /// matches its name.
     pub async fn get_decoded(&self, file: &FileInfo) -> Result<ltx::Decoded, WalError> {
         let bytes = self.get(file).await?;
-        let name = file.name();
-        let decoded = ltx::decode(&bytes).map_err(|e| WalError::Corrupt {
-            name: name.clone(),
-            reason: e.to_string(),
-        })?;
-        let h = &decoded.header;
-        if (h.min_txid, h.max_txid) != (file.min_txid, file.max_txid) {
-            return Err(WalError::Corrupt {
-                name,
-                reason: format!(
-                    "header holds TXIDs {:016x}-{:016x}, not the range its name says",
-                    h.min_txid, h.max_txid
-                ),
-            });
-        }
-        Ok(decoded)
+        decode_named(file, &bytes)
     }
 
     /// Deletes files (compacted or past retention). Missing files are fine.
@@ -380,6 +365,28 @@ impl WalBucket {
                     }))
             }))
     }
+}
+
+/// Decodes an object's bytes (verifying the checksum) and refuses them
+/// unless the header's TXID range is the one the object's name says.
+/// CPU-bound for large files: call it off the async runtime.
+pub fn decode_named(file: &FileInfo, bytes: &[u8]) -> Result<ltx::Decoded, WalError> {
+    let name = file.name();
+    let decoded = ltx::decode(bytes).map_err(|e| WalError::Corrupt {
+        name: name.clone(),
+        reason: e.to_string(),
+    })?;
+    let h = &decoded.header;
+    if (h.min_txid, h.max_txid) != (file.min_txid, file.max_txid) {
+        return Err(WalError::Corrupt {
+            name,
+            reason: format!(
+                "header holds TXIDs {:016x}-{:016x}, not the range its name says",
+                h.min_txid, h.max_txid
+            ),
+        });
+    }
+    Ok(decoded)
 }
 
 fn nats_error(bucket: &str, action: &str, e: impl std::fmt::Display) -> WalError {

@@ -176,31 +176,10 @@ fn newest(listing: &HashMap<u8, Vec<FileInfo>>) -> u64 {
 // Reading files
 // ---------------------------------------------------------------------------
 
-/// Decodes a fetched object and refuses it unless it is a well-formed LTX
-/// file whose header matches its name. CPU-bound: call off the runtime.
-fn decode_checked(file: &FileInfo, bytes: &[u8]) -> Result<Decoded, WalError> {
-    let name = file.name();
-    let decoded = ltx::decode(bytes).map_err(|e| WalError::Corrupt {
-        name: name.clone(),
-        reason: e.to_string(),
-    })?;
-    let h = &decoded.header;
-    if (h.min_txid, h.max_txid) != (file.min_txid, file.max_txid) {
-        return Err(WalError::Corrupt {
-            name,
-            reason: format!(
-                "header holds TXIDs {:016x}-{:016x}, not the range its name says",
-                h.min_txid, h.max_txid
-            ),
-        });
-    }
-    Ok(decoded)
-}
-
 async fn fetch_decoded(bucket: &WalBucket, file: &FileInfo) -> Result<Decoded, WalError> {
     let bytes: Bytes = bucket.get(file).await?;
     let file = file.clone();
-    tokio::task::spawn_blocking(move || decode_checked(&file, &bytes))
+    tokio::task::spawn_blocking(move || super::bucket::decode_named(&file, &bytes))
         .await
         .map_err(|_| WalError::Stopped("LTX decoding"))?
 }
