@@ -2,7 +2,8 @@
 //! Convex backend, on a SQLite database every commit of which is shipped to
 //! NATS within milliseconds, behind a virtual IP. Kill that host and another
 //! one promotes its caught-up replica, takes the VIP (gratuitous ARP), starts
-//! the backend and serves — about two seconds with `lease_ttl = "1s"`.
+//! the backend and serves — about one second with `lease_ttl = "1s"`
+//! (`scripts/bench.sh failover-full`: p99 1.2 s).
 //!
 //! `docs/operations.md` deploys it (systemd units, capabilities, NATS).
 
