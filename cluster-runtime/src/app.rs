@@ -678,20 +678,8 @@ struct ContextInner {
 }
 
 /// The fencing token while `validity` holds: read at every outgoing call.
-fn current_token(
-    validity: &Mutex<Option<Validity>>,
-    state: &watch::Receiver<AppState>,
-) -> Option<u64> {
-    let valid = validity
-        .lock()
-        .ok()?
-        .as_ref()
-        .is_some_and(Validity::is_valid);
-    if valid {
-        state.borrow().epoch
-    } else {
-        None
-    }
+fn current_token(validity: &Mutex<Option<Validity>>) -> Option<u64> {
+    validity.lock().ok()?.as_ref().and_then(Validity::valid_epoch)
 }
 
 impl fmt::Debug for AppContext {
@@ -719,10 +707,10 @@ impl AppContext {
         data: ContextData,
     ) -> Result<Self> {
         let validity: Arc<Mutex<Option<Validity>>> = Arc::new(Mutex::new(None));
-        let (token_validity, token_state) = (validity.clone(), state.clone());
+        let token_validity = validity.clone();
         let rpc = RpcClient::builder(transport.client().clone(), names.clone())
             .caller(&app, &node)
-            .fencing_token_source(move || current_token(&token_validity, &token_state))
+            .fencing_token_source(move || current_token(&token_validity))
             .metrics(data.observe.metrics.rpc())
             .build()?;
         let kv = Kv::new(
@@ -847,10 +835,11 @@ impl AppContext {
     /// This node's fencing token while it is active and its lease valid;
     /// attach it to side effects so stale writers can be rejected.
     pub fn fencing_token(&self) -> Option<u64> {
-        if self.is_active() {
-            self.epoch()
-        } else {
-            None
+        // Read from the lease's own validity handle: the check and the
+        // token are one read, never the observed leader's epoch.
+        match self.inner.validity.lock() {
+            Ok(v) => v.as_ref().and_then(Validity::valid_epoch),
+            Err(_) => None,
         }
     }
 

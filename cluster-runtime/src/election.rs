@@ -217,7 +217,7 @@ impl Election {
             result = async {
                 // Data and ops first (DESIGN §4.7): promoted database, VIP,
                 // healthy backend, replication; then the app's hook.
-                if let Err(failed) = self.inst.activation.activate(epoch).await {
+                if let Err(failed) = self.inst.activation.activate(&held.validity()).await {
                     tracing::warn!(step = failed.step, reason = %failed.reason, "activation failed");
                     return Err(());
                 }

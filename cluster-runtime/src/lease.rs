@@ -286,6 +286,9 @@ pub struct Validity {
 
 #[derive(Debug)]
 struct ValidityInner {
+    /// The epoch of the lease this validity belongs to: kept beside the
+    /// deadline so the token and its validity are read together.
+    epoch: u64,
     base: Instant,
     /// Nanoseconds after `base` at which the holder must consider itself
     /// demoted.
@@ -294,10 +297,11 @@ struct ValidityInner {
 }
 
 impl Validity {
-    fn new(valid_until: Instant) -> Self {
+    fn new(epoch: u64, valid_until: Instant) -> Self {
         let base = Instant::now();
         let v = Validity {
             inner: Arc::new(ValidityInner {
+                epoch,
                 base,
                 valid_until_ns: AtomicU64::new(0),
                 lost: AtomicBool::new(false),
@@ -307,6 +311,12 @@ impl Validity {
         v
     }
 
+    /// The validity of work that holds no lease (a pool instance's
+    /// activation steps): epoch 0, valid until marked lost.
+    pub(crate) fn unleased() -> Self {
+        Validity::new(0, Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600))
+    }
+
     fn extend(&self, until: Instant) {
         let ns = until.saturating_duration_since(self.inner.base).as_nanos() as u64;
         self.inner.valid_until_ns.store(ns, Ordering::SeqCst);
@@ -314,6 +324,26 @@ impl Validity {
 
     fn mark_lost(&self) {
         self.inner.lost.store(true, Ordering::SeqCst);
+    }
+
+    /// The epoch (fencing token) of the lease, valid or not.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    /// The epoch while the lease is valid, `None` once validity ended: the
+    /// token and the check come from one handle, so this can never return
+    /// another holder's epoch.
+    pub fn valid_epoch(&self) -> Option<u64> {
+        self.is_valid().then_some(self.inner.epoch)
+    }
+
+    /// Time left before validity ends (zero once it has).
+    pub fn remaining(&self) -> Duration {
+        if self.inner.lost.load(Ordering::SeqCst) {
+            return Duration::ZERO;
+        }
+        self.valid_until().saturating_duration_since(Instant::now())
     }
 
     /// When validity ends unless a renew is acknowledged first.
@@ -345,7 +375,7 @@ pub struct HeldLease {
 
 impl HeldLease {
     fn start(key: LeaseKey, revision: u64, sent: Instant, value: Bytes) -> Self {
-        let validity = Validity::new(sent + key.timing.deadline);
+        let validity = Validity::new(revision, sent + key.timing.deadline);
         let revision_cell = Arc::new(AtomicU64::new(revision));
         let (value_tx, value_rx) = watch::channel(value);
         let (lost_tx, lost_rx) = watch::channel(None);

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+
+use crate::lease::Validity;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -95,7 +97,7 @@ impl BackendStep {
 }
 
 impl StepImpl for BackendStep {
-    fn up(&self, _epoch: u64) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+    fn up<'a>(&'a self, _lease: &'a Validity) -> BoxFuture<'a, Result<serde_json::Value, String>> {
         Box::pin(async move {
             let took = self
                 .supervisor

@@ -22,6 +22,7 @@ use futures::future::BoxFuture;
 
 use crate::app::App;
 use crate::error::{Error, Result};
+use crate::lease::Validity;
 use crate::observe::{AppAudit, Metrics};
 
 /// Builds the steps an app's options call for, in the order of DESIGN
@@ -60,8 +61,9 @@ pub(crate) fn steps_for(
 
 /// What one step does, in both directions.
 pub(crate) trait StepImpl: Send + Sync {
-    /// Takes the step as the holder of `epoch`; returns audit details.
-    fn up(&self, epoch: u64) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// Takes the step as the holder of the lease `lease` (its epoch and
+    /// validity); returns audit details.
+    fn up<'a>(&'a self, lease: &'a Validity) -> BoxFuture<'a, Result<serde_json::Value, String>>;
     /// Undoes it. `lease_lost`: the lease is no longer ours (expired, taken
     /// or cut off) — skip anything that needs it (a final flush), be quick.
     fn down(&self, lease_lost: bool) -> BoxFuture<'_, Result<serde_json::Value, String>>;
@@ -162,13 +164,14 @@ impl Activation {
     /// step failed. If the caller drops this future (the lease was lost
     /// meanwhile), it must call [`deactivate`](Self::deactivate), which
     /// undoes the same steps.
-    pub(crate) async fn activate(&self, epoch: u64) -> Result<(), StepFailed> {
+    pub(crate) async fn activate(&self, lease: &Validity) -> Result<(), StepFailed> {
+        let epoch = lease.epoch();
         for (i, step) in self.steps.iter().enumerate() {
             // Counted as up before it runs: if it fails half-way (or the
             // lease is lost meanwhile), its idempotent `down` cleans up.
             self.set_up_count(i + 1);
             let started = Instant::now();
-            let result = step.imp.up(epoch).await;
+            let result = step.imp.up(lease).await;
             let took = started.elapsed();
             self.metrics.observe_step(&self.app, step.name, true, took);
             match result {

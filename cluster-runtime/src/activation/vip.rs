@@ -2,6 +2,8 @@
 
 use futures::future::BoxFuture;
 
+use crate::lease::Validity;
+
 use super::{Gauge, Step, StepImpl};
 use crate::vip::VipManager;
 
@@ -20,7 +22,7 @@ pub(crate) fn step(manager: VipManager) -> Step {
 }
 
 impl StepImpl for VipStep {
-    fn up(&self, _epoch: u64) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+    fn up<'a>(&'a self, _lease: &'a Validity) -> BoxFuture<'a, Result<serde_json::Value, String>> {
         Box::pin(async move {
             self.manager.acquire().await.map_err(|e| e.to_string())?;
             Ok(serde_json::json!({ "vip": self.manager.config().vip.to_string() }))

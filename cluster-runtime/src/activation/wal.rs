@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use crate::lease::Validity;
+
 use super::{Step, StepImpl};
 use crate::db::Replicated;
 
@@ -33,7 +35,7 @@ pub(crate) fn steps(replicated: &Arc<Replicated>) -> (Step, Step) {
 }
 
 impl StepImpl for Promote {
-    fn up(&self, _epoch: u64) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+    fn up<'a>(&'a self, _lease: &'a Validity) -> BoxFuture<'a, Result<serde_json::Value, String>> {
         Box::pin(async move {
             let txid = self.0.promote().await.map_err(|e| e.to_string())?;
             Ok(serde_json::json!({
@@ -54,11 +56,11 @@ impl StepImpl for Promote {
 }
 
 impl StepImpl for Replicate {
-    fn up(&self, epoch: u64) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+    fn up<'a>(&'a self, lease: &'a Validity) -> BoxFuture<'a, Result<serde_json::Value, String>> {
         Box::pin(async move {
             let txid = self
                 .0
-                .start_replicating(epoch)
+                .start_replicating(lease.epoch())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(serde_json::json!({ "txid": txid }))
