@@ -3,6 +3,7 @@
 # are not tests: figures go to docs/benchmarks.md, never into assertions.
 #   scripts/bench.sh failover
 #   scripts/bench.sh data
+#   scripts/bench.sh safety          (fenced KV put vs raw put)
 #   scripts/bench.sh ring
 #   scripts/bench.sh wal
 #   scripts/bench.sh failover-full   (root: network namespaces)
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/tools.sh
 ensure_nats_server
 if [ $# -ne 1 ]; then
-  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, failover-full, rpc, data, ring, wal)" >&2
+  echo "usage: scripts/bench.sh <scenario>   (scenarios: failover, failover-full, rpc, data, safety, ring, wal)" >&2
   exit 2
 fi
 if [ "$1" = failover-full ] && [ "$(id -u)" -ne 0 ]; then

@@ -679,7 +679,11 @@ struct ContextInner {
 
 /// The fencing token while `validity` holds: read at every outgoing call.
 fn current_token(validity: &Mutex<Option<Validity>>) -> Option<u64> {
-    validity.lock().ok()?.as_ref().and_then(Validity::valid_epoch)
+    validity
+        .lock()
+        .ok()?
+        .as_ref()
+        .and_then(Validity::valid_epoch)
 }
 
 impl fmt::Debug for AppContext {
@@ -719,6 +723,13 @@ impl AppContext {
             data.kv,
             data.replicas,
         );
+        // A singleton's data is owned by its active instance: writes are
+        // fenced by the epoch record the instance writes on activation.
+        let kv = if mode == Mode::Singleton {
+            kv.fenced_by(Arc::new(crate::kv::FenceSlot::default()))
+        } else {
+            kv
+        };
         let audit = data.observe.audit.scoped(Some(&app));
         let locks = Locks::with_observe(
             transport.jetstream().clone(),

@@ -63,6 +63,40 @@ enum Ended {
     Shutdown,
 }
 
+/// How often a failing election says so at `warn` (the rest at `debug`).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A failure that repeats every 100 ms is logged at `warn` once per
+/// [`WARN_EVERY`], with how many times it happened meanwhile: an app that
+/// cannot elect says so at the default log level without flooding it.
+struct RateLimitedWarn {
+    app: String,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarn {
+    fn new(app: String) -> Self {
+        RateLimitedWarn {
+            app,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, error: &dyn std::fmt::Display, what: &str) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now < t + WARN_EVERY) {
+            self.suppressed += 1;
+            tracing::debug!(app = %self.app, %error, "{what}");
+            return;
+        }
+        tracing::warn!(app = %self.app, %error, repeated = self.suppressed, "{what}");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
 pub(crate) struct Election {
     pub(crate) inst: Arc<Instance>,
     pub(crate) key: LeaseKey,
@@ -82,6 +116,7 @@ impl Election {
         let mut clear_on_takeover = true;
         let mut failures = 0u32;
         let mut watch: Option<KeyWatch> = None;
+        let mut complain = RateLimitedWarn::new(self.inst.app.name.clone());
         if !self.eligible {
             self.inst.set_role(Role::Stopped, None, None);
         }
@@ -95,7 +130,7 @@ impl Election {
             let mut next = match self.key.read().await {
                 Ok(state) => Some(state),
                 Err(e) => {
-                    tracing::debug!(error = %e, "cannot read election key; retrying");
+                    complain.warn(&e, "cannot read the election key; retrying");
                     None
                 }
             };
@@ -111,14 +146,14 @@ impl Election {
                                 // step-down has done its job.
                                 holdoff_until = Instant::now();
                             }
-                            self.inst.observe_leader(holder.clone(), epoch).await;
+                            self.inst.observe_leader(holder.clone(), epoch);
                             // Held by someone — possibly our own previous
                             // incarnation after a restart: it expires, then
                             // we compete like everyone else.
                             self.become_standby().await;
                         }
                         KeyState::Free { seq } => {
-                            self.inst.observe_leader(None, None).await;
+                            self.inst.observe_leader(None, None);
                             let can_compete = self.eligible
                                 && *registered.borrow()
                                 && Instant::now() >= holdoff_until;
@@ -146,7 +181,8 @@ impl Election {
                                     }
                                     Ok(None) => continue 'outer,
                                     Err(e) => {
-                                        tracing::debug!(error = %e, "acquire failed; retrying");
+                                        complain
+                                            .warn(&e, "cannot acquire the election key; retrying");
                                         tokio::time::sleep(Duration::from_millis(100)).await;
                                         continue 'outer;
                                     }
@@ -192,7 +228,7 @@ impl Election {
         let role = self.inst.state.borrow().role;
         if role != Role::Standby {
             self.inst.set_role(Role::Standby, None, None);
-            let _ = self.inst.hook("on_standby").await;
+            self.inst.queue_standby_hook();
             self.inst.activation.standby().await;
         }
     }
@@ -209,15 +245,22 @@ impl Election {
             }
             .encode(),
         );
-        self.inst.ctx.set_validity(Some(held.validity()));
+        let validity = held.validity();
+        self.inst.ctx.set_validity(Some(validity.clone()));
         self.inst.set_role(Role::Active, Some(epoch), None);
-        self.inst.observe_leader(Some(node), Some(epoch)).await;
+        self.inst.observe_leader(Some(node.clone()), Some(epoch));
 
         let activation = tokio::select! {
             result = async {
-                // Data and ops first (DESIGN §4.7): promoted database, VIP,
-                // healthy backend, replication; then the app's hook.
-                if let Err(failed) = self.inst.activation.activate(&held.validity()).await {
+                // The epoch record first (DESIGN §4.7, §4.11): from here the
+                // server refuses every fenced write of our predecessors.
+                if let Err(e) = self.inst.ctx.kv().arm_fence(&validity, &node).await {
+                    tracing::warn!(error = %e, "cannot write the epoch record");
+                    return Err(());
+                }
+                // Data and ops next: promoted database, VIP, healthy
+                // backend, replication; then the app's hook.
+                if let Err(failed) = self.inst.activation.activate(&validity).await {
                     tracing::warn!(step = failed.step, reason = %failed.reason, "activation failed");
                     return Err(());
                 }
@@ -284,29 +327,44 @@ impl Election {
         Ended::Lost
     }
 
-    /// Stops being active: calls stop, the data and ops steps are undone in
-    /// reverse (DESIGN §4.7), the context turns inactive, the role change is
-    /// recorded — with the lease's deadline when that has already passed (a
-    /// paused or cut-off node notices late, but stopped being valid at its
-    /// deadline) — `on_standby` runs and the passive restore starts.
-    /// `lease_lost`: the lease is not ours any more, so steps skip what
-    /// needs it (the final WAL flush).
+    /// Stops being active. The context turns inactive, the data and ops
+    /// steps are undone, the role change is recorded — with the lease's
+    /// deadline when that has already passed (a paused or cut-off node
+    /// notices late, but stopped being valid at its deadline) — `on_standby`
+    /// is queued and the passive restore starts.
+    ///
+    /// `lease_lost` (expired, taken or cut off): nothing waits on NATS. The
+    /// API gate and the KV fence close first (validity has ended anyway),
+    /// the unsubscribe is not awaited beyond a few ms, then the VIP goes,
+    /// the backend is killed and replication aborted (DESIGN §4.7).
+    ///
+    /// Graceful: calls already received are served while the lease is
+    /// still ours, then the steps are undone in reverse — bounded by the
+    /// lease: if it would lapse first, the rest goes the lease-lost way.
     async fn demote(&self, held: &HeldLease, role: Role, lease_lost: bool) {
-        // Stop answering calls first: a demoted instance must not serve.
-        // Cut off or expired, nothing may wait on NATS: calls stop being
-        // dispatched at once, the drain's confirmation is not awaited, and
-        // the VIP and backend go before the lease can be taken.
+        let validity = held.validity();
+        let close = || {
+            self.inst.ctx.set_validity(None);
+            self.inst.ctx.kv().disarm_fence();
+        };
         if lease_lost {
+            close();
             let _ = tokio::time::timeout(UNSERVE_WAIT_WHEN_LOST, self.inst.unserve()).await;
+            self.inst.activation.deactivate(true).await;
         } else {
-            self.inst.unserve().await;
+            tokio::select! {
+                () = self.inst.unserve() => {}
+                () = validity.ended() => {
+                    tracing::warn!("draining calls outlasted the lease; stopping without them");
+                }
+            }
+            close();
+            self.inst.activation.deactivate_within(&validity).await;
         }
-        self.inst.activation.deactivate(lease_lost).await;
-        self.inst.ctx.set_validity(None);
-        let valid_until = clock::instant_ns(held.validity().valid_until());
+        let valid_until = clock::instant_ns(validity.valid_until());
         let valid_until_ns = (valid_until < clock::monotonic_ns()).then_some(valid_until);
         self.inst.set_role(role, None, valid_until_ns);
-        let _ = self.inst.hook("on_standby").await;
+        self.inst.queue_standby_hook();
         if role == Role::Standby {
             self.inst.activation.standby().await;
         }

@@ -49,6 +49,69 @@ pub(crate) struct Instance {
     pub(crate) seen_leader: std::sync::Mutex<Option<(String, u64)>>,
     /// Data and ops steps of becoming active (empty for most apps).
     pub(crate) activation: crate::activation::Activation,
+    /// Runs notification hooks off the protocol loops.
+    pub(crate) hooks: HookRunner,
+}
+
+type QueuedHook = (
+    &'static str,
+    futures::future::BoxFuture<'static, HookResult>,
+);
+
+/// Runs an app's notification hooks (`on_leader_change`, `on_standby`) one
+/// at a time, in the order they were queued, on a task of its own: the
+/// protocol loops queue them and never wait for user code (DESIGN §4.7), so
+/// a hook that sleeps cannot delay a failover or hide a lost lease. The
+/// task ends when the instance (the sender) is dropped.
+pub(crate) struct HookRunner {
+    queue: tokio::sync::mpsc::UnboundedSender<QueuedHook>,
+}
+
+impl HookRunner {
+    /// Starts the runner of app `app`, each hook bounded by `timeout`.
+    pub(crate) fn spawn(app: &str, timeout: Duration) -> HookRunner {
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<QueuedHook>();
+        let app = app.to_owned();
+        tokio::spawn(async move {
+            while let Some((name, fut)) = rx.recv().await {
+                let _ = run_bounded(&app, name, timeout, fut).await;
+            }
+        });
+        HookRunner { queue }
+    }
+
+    /// Queues `fut`; returns at once.
+    pub(crate) fn queue(
+        &self,
+        name: &'static str,
+        fut: futures::future::BoxFuture<'static, HookResult>,
+    ) {
+        if self.queue.send((name, fut)).is_err() {
+            tracing::debug!(hook = name, "hook runner stopped; hook not run");
+        }
+    }
+}
+
+/// Runs one hook with a timeout; failures are logged and returned.
+async fn run_bounded(
+    app: &str,
+    name: &str,
+    timeout: Duration,
+    fut: futures::future::BoxFuture<'static, HookResult>,
+) -> Result<(), Error> {
+    let context = format!("app `{app}` hook {name}");
+    let result = match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::user(context, e)),
+        Err(_) => Err(Error::Timeout {
+            context,
+            after: timeout,
+        }),
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "hook failed");
+    }
+    result
 }
 
 impl Instance {
@@ -167,9 +230,9 @@ impl Instance {
         }
     }
 
-    /// Records who leads (observed from the lease key) and fires
+    /// Records who leads (observed from the lease key) and queues
     /// `on_leader_change` when it changed.
-    pub(crate) async fn observe_leader(&self, leader: Option<String>, epoch: Option<u64>) {
+    pub(crate) fn observe_leader(&self, leader: Option<String>, epoch: Option<u64>) {
         if let Some(e) = epoch {
             self.ctx.observe().metrics.set_epoch(&self.app.name, e);
         }
@@ -196,9 +259,16 @@ impl Instance {
         });
         if changed {
             if let Some(hook) = &self.app.hooks.on_leader_change {
-                let f = hook(self.ctx.clone(), leader);
-                let _ = self.run_hook("on_leader_change", f).await;
+                self.hooks
+                    .queue("on_leader_change", hook(self.ctx.clone(), leader));
             }
+        }
+    }
+
+    /// Queues `on_standby` (a notification: never awaited by the election).
+    pub(crate) fn queue_standby_hook(&self) {
+        if let Some(f) = &self.app.hooks.on_standby {
+            self.hooks.queue("on_standby", f(self.ctx.clone()));
         }
     }
 
@@ -225,20 +295,7 @@ impl Instance {
         name: &str,
         fut: futures::future::BoxFuture<'static, HookResult>,
     ) -> Result<(), Error> {
-        let context = format!("app `{}` hook {name}", self.app.name);
-        let timeout = self.app.hook_timeout;
-        let result = match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::user(context, e)),
-            Err(_) => Err(Error::Timeout {
-                context,
-                after: timeout,
-            }),
-        };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "hook failed");
-        }
-        result
+        run_bounded(&self.app.name, name, self.app.hook_timeout, fut).await
     }
 
     /// Runs one of the context-only hooks, if the app has it.

@@ -311,10 +311,20 @@ impl Validity {
         v
     }
 
+    /// A validity of `epoch` lasting `for_` from now (tests of what is
+    /// fenced by it).
+    #[cfg(test)]
+    pub(crate) fn for_test(epoch: u64, for_: Duration) -> Self {
+        Validity::new(epoch, Instant::now() + for_)
+    }
+
     /// The validity of work that holds no lease (a pool instance's
     /// activation steps): epoch 0, valid until marked lost.
     pub(crate) fn unleased() -> Self {
-        Validity::new(0, Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600))
+        Validity::new(
+            0,
+            Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
+        )
     }
 
     fn extend(&self, until: Instant) {
@@ -349,6 +359,19 @@ impl Validity {
     /// When validity ends unless a renew is acknowledged first.
     pub fn valid_until(&self) -> Instant {
         self.inner.base + Duration::from_nanos(self.inner.valid_until_ns.load(Ordering::SeqCst))
+    }
+
+    /// Resolves once validity has ended (deadline passed with no renew, or
+    /// lost/released). Follows renewals: while the lease keeps being
+    /// renewed, this keeps waiting. Never waits on NATS.
+    pub async fn ended(&self) {
+        // A release or conflict marks the lease lost between deadlines:
+        // look at least this often.
+        const LOOK_EVERY: Duration = Duration::from_millis(50);
+        while self.is_valid() {
+            let wake = self.valid_until().min(Instant::now() + LOOK_EVERY);
+            tokio::time::sleep_until(wake).await;
+        }
     }
 
     /// True while the lease is held and its deadline has not passed. This is

@@ -288,6 +288,7 @@ impl PlatformBuilder {
                 ownership_observer: self.ownership_observer.clone(),
                 rpc: rpc.clone(),
                 seen_leader: std::sync::Mutex::new(None),
+                hooks: crate::instance::HookRunner::spawn(&app.name, app.hook_timeout),
                 activation: crate::activation::Activation::new(
                     &app.name,
                     &config.node,
@@ -315,6 +316,10 @@ impl PlatformBuilder {
             )));
             match app.mode {
                 Mode::Singleton => {
+                    // API calls run only while this instance is active and
+                    // its lease valid, on the lease clock.
+                    let gate_ctx = ctx.clone();
+                    rpc.gate_api(move || gate_ctx.is_active());
                     let kv = lease::open_bucket(
                         transport.jetstream(),
                         &names.app_coord_bucket(&app.name),

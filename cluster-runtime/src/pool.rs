@@ -67,7 +67,11 @@ pub(crate) async fn run(inst: Arc<Instance>, mut shutdown: watch::Receiver<bool>
             inst.set_role(Role::Running, None, None);
             let started = async {
                 // A pool instance's backend runs while the instance runs.
-                if let Err(failed) = inst.activation.activate(&crate::lease::Validity::unleased()).await {
+                if let Err(failed) = inst
+                    .activation
+                    .activate(&crate::lease::Validity::unleased())
+                    .await
+                {
                     tracing::warn!(step = failed.step, reason = %failed.reason, "start failed");
                     return Err(());
                 }

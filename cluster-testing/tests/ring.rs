@@ -585,14 +585,37 @@ async fn partition_calls_run_only_while_the_gate_says_owned() {
         move |p| p != 3 || owned.load(Ordering::SeqCst)
     });
     rpc_server.serve_partitions([3, 4]).await.expect("serve");
+    let nats_raw = nats.clone();
     let rpc = RpcClient::new(nats, names);
-    let call = |p: u32| rpc.app(APP).method("hit").partition(p).send::<(), u32>(&());
+    let call = |p: u32| {
+        rpc.app(APP)
+            .method("hit")
+            .partition(p)
+            .deadline(Duration::from_millis(500))
+            .send::<(), u32>(&())
+    };
     assert_eq!(call(3).await.expect("owned"), 1);
     owned.store(false, Ordering::SeqCst);
+    // Refused with `not_executed` before the handler runs; the client sends
+    // it again until the deadline, then reports no instance served it.
     match call(3).await {
-        Err(RpcError::Remote { code, .. }) => assert_eq!(code, ErrorCode::Unavailable),
+        Err(e @ RpcError::Unavailable { attempts, .. }) => {
+            assert_eq!(e.code(), ErrorCode::Unavailable);
+            assert!(attempts > 1, "retried after not_executed: {attempts}");
+        }
         other => panic!("a call of a partition no longer owned must be refused: {other:?}"),
     }
+    // A plain NATS request sees the refusal itself.
+    let raw = nats_raw
+        .request(format!("test._.api.{APP}.p.3.hit"), "null".into())
+        .await
+        .expect("reply");
+    let code = raw
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Cluster-Error"))
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(code.as_deref(), Some("not_executed"));
     assert_eq!(call(4).await.expect("other partitions unaffected"), 2);
     assert_eq!(
         ran.load(Ordering::SeqCst),

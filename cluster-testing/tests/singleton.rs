@@ -191,3 +191,60 @@ async fn losing_one_server_of_a_three_node_nats_cluster_keeps_one_active() {
         .expect("one active after the server is back");
     nodes.history().check(APP).expect("invariants");
 }
+
+/// DESIGN §8 invariant 1, as callers see it: calls sent to an active that
+/// is SIGSTOPped past its TTL sit in its socket; when it resumes, its
+/// validity has ended, so it runs none of them — it answers `not_executed`
+/// and the callers' retries reach the new active. Every call succeeds, and
+/// every one was served by the new active while it was active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_buffered_at_a_paused_active_run_only_on_its_successor() {
+    use cluster_runtime::naming::Names;
+    use cluster_runtime::rpc::RpcClient;
+    use cluster_testing::node::Whoami;
+
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let mut nodes = Nodes::start(specs(&server.url(), &["n1", "n2"]))
+        .await
+        .expect("nodes");
+    let first = nodes
+        .wait_for_active(APP, WAIT)
+        .await
+        .expect("first active");
+    let nats = async_nats::connect(server.url()).await.expect("connect");
+    let rpc = RpcClient::new(nats, Names::new("test").expect("names"));
+    let call = || {
+        rpc.app(APP)
+            .method("whoami")
+            .deadline(Duration::from_secs(20))
+            .send::<(), Whoami>(&())
+    };
+    let before = call().await.expect("served before the pause");
+    assert_eq!(before.node, first);
+
+    nodes.get(&first).expect("node").pause().expect("SIGSTOP");
+    // Sent while the active is paused: the server routes them to it (it is
+    // still subscribed), where they wait.
+    let calls: Vec<_> = (0..20).map(|_| tokio::spawn(call())).collect();
+    let second = nodes
+        .wait_until(WAIT, || {
+            nodes
+                .with_role(APP, Role::Active)
+                .into_iter()
+                .find(|n| *n != first)
+        })
+        .await
+        .expect("another node took over");
+    nodes.get(&first).expect("node").resume().expect("SIGCONT");
+    for c in calls {
+        let who = c.await.expect("task").expect("every call succeeds");
+        assert_eq!(
+            who.node, second,
+            "a call ran on the deposed active after its lease ended: {who:?}"
+        );
+        assert!(who.active, "served while active: {who:?}");
+    }
+    nodes.history().check(APP).expect("invariants");
+}

@@ -12,7 +12,7 @@ use crate::lease::Validity;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Gauge, Step, StepImpl};
+use super::{Gauge, LostOrder, Step, StepImpl};
 use crate::app::AppCommand;
 use crate::backend::Supervisor;
 
@@ -112,15 +112,27 @@ impl StepImpl for BackendStep {
         })
     }
 
-    fn down(&self, _lease_lost: bool) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+    fn down(&self, lease_lost: bool) -> BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move {
             self.stop_watcher();
-            let took = self.supervisor.stop().await.map_err(|e| e.to_string())?;
+            // Lease lost: another node may start its backend any moment, so
+            // no grace period (DESIGN §8 invariant 9).
+            let stopped = if lease_lost {
+                self.supervisor.kill().await
+            } else {
+                self.supervisor.stop().await
+            };
+            let took = stopped.map_err(|e| e.to_string())?;
             Ok(serde_json::json!({
                 "kind": self.kind(),
                 "stopped_after_ms": took.as_millis() as u64,
+                "killed": lease_lost,
             }))
         })
+    }
+
+    fn when_lease_lost(&self) -> LostOrder {
+        LostOrder::Second
     }
 
     fn gauge(&self) -> Option<Gauge> {

@@ -76,6 +76,25 @@ pub(crate) trait StepImpl: Send + Sync {
     fn gauge(&self) -> Option<Gauge> {
         None
     }
+    /// Where this step's `down` goes when the lease is lost.
+    fn when_lease_lost(&self) -> LostOrder {
+        LostOrder::Later
+    }
+}
+
+/// The order of undoing steps when the lease is lost (DESIGN §4.7): what
+/// another node is about to take goes first — the VIP (one netlink call),
+/// then the backend (killed, no grace) — then the rest in reverse order
+/// (replication aborted without waiting on NATS). A graceful step-down
+/// undoes everything in reverse order instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum LostOrder {
+    /// The VIP.
+    First,
+    /// The backend.
+    Second,
+    /// Everything else.
+    Later,
 }
 
 /// A gauge a step keeps at 1 while it is up.
@@ -101,7 +120,9 @@ pub(crate) struct Activation {
     app: String,
     node: String,
     steps: Vec<Step>,
-    up: Mutex<usize>,
+    /// Which steps are up (counted as up before `up` runs, so a half-done
+    /// step is undone too; cleared once its `down` ran).
+    up: Mutex<Vec<bool>>,
     audit: AppAudit,
     metrics: Metrics,
 }
@@ -131,24 +152,37 @@ impl Activation {
         audit: AppAudit,
         metrics: Metrics,
     ) -> Self {
+        let up = Mutex::new(vec![false; steps.len()]);
         Activation {
             app: app.to_owned(),
             node: node.to_owned(),
             steps,
-            up: Mutex::new(0),
+            up,
             audit,
             metrics,
         }
     }
 
-    fn up_count(&self) -> usize {
-        self.up.lock().map(|n| *n).unwrap_or(0)
+    fn set_up(&self, i: usize, up: bool) {
+        if let Ok(mut flags) = self.up.lock() {
+            if let Some(f) = flags.get_mut(i) {
+                *f = up;
+            }
+        }
     }
 
-    fn set_up_count(&self, n: usize) {
-        if let Ok(mut up) = self.up.lock() {
-            *up = n;
+    /// The steps that are up, in the order `down` must undo them.
+    fn down_order(&self, lease_lost: bool) -> Vec<usize> {
+        let flags = self.up.lock().map(|f| f.clone()).unwrap_or_default();
+        let mut order: Vec<usize> = (0..self.steps.len())
+            .rev()
+            .filter(|&i| flags.get(i).copied().unwrap_or(false))
+            .collect();
+        if lease_lost {
+            // Stable: the `Later` steps keep their reverse order.
+            order.sort_by_key(|&i| self.steps[i].imp.when_lease_lost());
         }
+        order
     }
 
     fn set_gauge(&self, step: &Step, on: bool) {
@@ -169,7 +203,7 @@ impl Activation {
         for (i, step) in self.steps.iter().enumerate() {
             // Counted as up before it runs: if it fails half-way (or the
             // lease is lost meanwhile), its idempotent `down` cleans up.
-            self.set_up_count(i + 1);
+            self.set_up(i, true);
             let started = Instant::now();
             let result = step.imp.up(lease).await;
             let took = started.elapsed();
@@ -199,14 +233,18 @@ impl Activation {
         Ok(())
     }
 
-    /// Undoes every step that is up, in reverse order; carries on past a
-    /// failure (logged and audited).
+    /// Undoes every step that is up — in reverse order, or, when the lease
+    /// is lost, in [`LostOrder`] — and carries on past a failure (logged
+    /// and audited). Each step is marked down once its `down` ran, so a
+    /// call cut short (the graceful path, bounded by the lease) leaves the
+    /// rest to the next call.
     pub(crate) async fn deactivate(&self, lease_lost: bool) {
-        let up = self.up_count();
-        for step in self.steps[..up].iter().rev() {
+        for i in self.down_order(lease_lost) {
+            let step = &self.steps[i];
             let started = Instant::now();
             let result = step.imp.down(lease_lost).await;
             let took = started.elapsed();
+            self.set_up(i, false);
             self.metrics.observe_step(&self.app, step.name, false, took);
             self.set_gauge(step, false);
             match result {
@@ -227,7 +265,21 @@ impl Activation {
                 }
             }
         }
-        self.set_up_count(0);
+    }
+
+    /// The graceful step-down, bounded by the lease: undoes the steps in
+    /// reverse order while the lease is valid; if it would lapse first (a
+    /// final flush waiting on an unreachable NATS), what is still up is
+    /// undone on the lease-lost path. Returns whether that happened.
+    pub(crate) async fn deactivate_within(&self, lease: &Validity) -> bool {
+        tokio::select! {
+            () = self.deactivate(false) => false,
+            () = lease.ended() => {
+                tracing::warn!(app = %self.app, "graceful step-down outlasted the lease; finishing on the lease-lost path");
+                self.deactivate(true).await;
+                true
+            }
+        }
     }
 
     /// Runs each step's standby work (the passive restore).

@@ -4,7 +4,7 @@ use futures::future::BoxFuture;
 
 use crate::lease::Validity;
 
-use super::{Gauge, Step, StepImpl};
+use super::{Gauge, LostOrder, Step, StepImpl};
 use crate::vip::VipManager;
 
 struct VipStep {
@@ -50,5 +50,9 @@ impl StepImpl for VipStep {
 
     fn gauge(&self) -> Option<Gauge> {
         Some(Gauge::VipHeld)
+    }
+
+    fn when_lease_lost(&self) -> LostOrder {
+        LostOrder::First
     }
 }

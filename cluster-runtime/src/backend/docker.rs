@@ -155,8 +155,14 @@ impl DockerBackend {
     }
 
     async fn stop_inner(&self) -> Result<(), BackendError> {
-        let docker = self.client().await?;
         let grace = i32::try_from(self.stop_grace.as_secs().max(1)).unwrap_or(i32::MAX);
+        self.stop_within(grace).await
+    }
+
+    /// Stops the container, the engine sending SIGKILL after `grace`
+    /// seconds (0: at once), then removes it.
+    async fn stop_within(&self, grace: i32) -> Result<(), BackendError> {
+        let docker = self.client().await?;
         match docker
             .stop_container(
                 &self.name,
@@ -298,6 +304,10 @@ impl Backend for DockerBackend {
 
     fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(self.stop_inner())
+    }
+
+    fn kill(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.stop_within(0))
     }
 
     fn health(&self) -> BoxFuture<'_, Health> {

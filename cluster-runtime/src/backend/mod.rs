@@ -82,6 +82,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Stops the backend and returns once it has stopped; succeeds at once
     /// when it is not running.
     fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// Stops the backend at once, without a grace period (SIGKILL where
+    /// the kind allows it): used when the lease is lost and another node
+    /// may start its own backend any moment. Defaults to [`stop`](Self::stop).
+    fn kill(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.stop()
+    }
     /// The kind's own liveness (process alive, unit active, container
     /// running and Docker-healthy), without the HTTP probe.
     fn health(&self) -> BoxFuture<'_, Health>;
@@ -505,6 +511,16 @@ impl Supervisor {
         self.stop_watcher();
         self.healthy.send_replace(false);
         self.backend.stop().await?;
+        Ok(started.elapsed())
+    }
+
+    /// Stops the backend without a grace period ([`Backend::kill`]) and
+    /// waits until it has stopped; returns how long that took.
+    pub async fn kill(&self) -> Result<Duration, BackendError> {
+        let started = Instant::now();
+        self.stop_watcher();
+        self.healthy.send_replace(false);
+        self.backend.kill().await?;
         Ok(started.elapsed())
     }
 

@@ -170,6 +170,24 @@ impl ProcessBackend {
     }
 }
 
+impl ProcessBackend {
+    /// SIGKILL to the group now, then wait for the monitor to see it go.
+    async fn kill_inner(&self) -> Result<(), BackendError> {
+        let mut run = self.run.lock().await;
+        let Some(r) = run.take() else {
+            return Ok(());
+        };
+        if let Some(pgid) = *r.pgid.borrow() {
+            kill_group(pgid, Signal::SIGKILL);
+        }
+        r.stop.send_replace(true);
+        r.monitor.await.map_err(|e| BackendError::Stop {
+            kind: "process",
+            reason: format!("monitor task of `{}` failed: {e}", self.launch.program),
+        })
+    }
+}
+
 impl Drop for ProcessBackend {
     fn drop(&mut self) {
         // Never leave a child behind: kill its group outright.
@@ -195,6 +213,10 @@ impl Backend for ProcessBackend {
 
     fn stop(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(self.stop_inner())
+    }
+
+    fn kill(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.kill_inner())
     }
 
     fn health(&self) -> BoxFuture<'_, Health> {

@@ -639,7 +639,8 @@ impl Call {
         Ok(())
     }
 
-    /// Sends until a reply, retrying only on no responders.
+    /// Sends until a reply, retrying only where the call provably did not
+    /// run: no responders, or a `not_executed` refusal.
     async fn request(&self, p: &Prepared, payload: Bytes) -> Result<Message, RpcError> {
         let inner = &self.app.client.inner;
         let started = Instant::now();
@@ -674,11 +675,15 @@ impl Call {
                 request = request.headers(headers);
             }
             let err = match inner.client.send_request(p.subject.clone(), request).await {
+                // Refused before its handler ran (the instance is no longer
+                // active / the owner): provably not executed, so it is
+                // sent again, like a call that found no responders.
+                Ok(msg) if is_not_executed(&msg) => None,
                 Ok(msg) => return Ok(msg),
-                Err(err) => err,
+                Err(err) => Some(err),
             };
-            match err.kind() {
-                RequestErrorKind::NoResponders => {
+            match err.as_ref().map(|e| e.kind()) {
+                None | Some(RequestErrorKind::NoResponders) => {
                     let left = p.deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         continue; // reports Unavailable above
@@ -686,34 +691,42 @@ impl Call {
                     tokio::time::sleep(backoff.min(left)).await;
                     backoff = (backoff * 2).min(inner.backoff_max);
                 }
-                RequestErrorKind::TimedOut => {
+                Some(RequestErrorKind::TimedOut) => {
                     return Err(RpcError::Timeout {
                         subject: p.subject.clone(),
                         deadline: p.budget,
                     })
                 }
-                RequestErrorKind::MaxPayloadExceeded => {
+                Some(RequestErrorKind::MaxPayloadExceeded) => {
                     return Err(RpcError::PayloadTooLarge {
                         subject: p.subject.clone(),
                         size: payload.len(),
                         max: inner.client.max_payload(),
                     })
                 }
-                RequestErrorKind::InvalidSubject => {
+                Some(RequestErrorKind::InvalidSubject) => {
                     return Err(RpcError::InvalidCall(format!(
                         "`{}` is not a valid subject",
                         p.subject
                     )))
                 }
-                _ => {
+                Some(_) => {
                     return Err(RpcError::Transport {
                         subject: p.subject.clone(),
-                        message: err.to_string(),
+                        message: err.map(|e| e.to_string()).unwrap_or_default(),
                     })
                 }
             }
         }
     }
+}
+
+/// Whether a reply says the call was refused before its handler ran.
+fn is_not_executed(msg: &Message) -> bool {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(wire::name::ERROR))
+        .is_some_and(|v| v.as_str() == ErrorCode::NotExecuted.as_str())
 }
 
 /// The size of a header block on the wire (`NATS/1.0\r\n`, each

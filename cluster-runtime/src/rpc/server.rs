@@ -234,7 +234,14 @@ struct Shared<C> {
     state: Mutex<ServingState>,
     /// Whether this node may still run calls of a ring partition.
     partition_gate: OnceLock<PartitionGate>,
+    /// Whether this node may still run calls of the API subject (a
+    /// singleton's active instance, while its lease is valid).
+    api_gate: OnceLock<ApiGate>,
 }
+
+/// Says whether calls of the API subject may run here (see
+/// [`RpcServer::gate_api`]).
+type ApiGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Says whether calls of a ring partition may run here (see
 /// [`RpcServer::gate_partitions`]).
@@ -336,6 +343,7 @@ impl<C: Clone + Send + Sync + 'static> RpcServer<C> {
             histograms,
             state: Mutex::new(ServingState::default()),
             partition_gate: OnceLock::new(),
+            api_gate: OnceLock::new(),
         });
         Ok(RpcServer {
             inner: Arc::new(Inner {
@@ -452,6 +460,17 @@ impl<C: Clone + Send + Sync + 'static> RpcServer<C> {
     /// ignored.
     pub fn gate_partitions(&self, owns: impl Fn(u32) -> bool + Send + Sync + 'static) {
         let _ = self.inner.shared.partition_gate.set(Arc::new(owns));
+    }
+
+    /// Runs calls that arrive on the API subject only while `may_run`
+    /// says so (a singleton: while this instance is active and its lease
+    /// valid); others are answered `not_executed` without running the
+    /// handler, and callers retry them elsewhere. This covers requests
+    /// buffered while the node was paused or cut off, and those reaching a
+    /// stepped-down instance before its unsubscribe took effect. Set once;
+    /// later calls are ignored.
+    pub fn gate_api(&self, may_run: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.inner.shared.api_gate.set(Arc::new(may_run));
     }
 
     /// Starts serving ring partitions `partitions` (`P._.api.A.p.PART.>`);
@@ -776,7 +795,7 @@ async fn run_route<C: Clone + Send + Sync + 'static>(
                 &shared,
                 &msg,
                 &HandlerError::with_code(
-                    ErrorCode::Unavailable,
+                    ErrorCode::NotExecuted,
                     "the instance stopped serving before the call started",
                 ),
             )
@@ -843,14 +862,6 @@ async fn call<C: Clone + Send + Sync + 'static>(
     let bad = |what: &str, value: &str| {
         HandlerError::bad_request(format!("invalid {what} header `{value}`"))
     };
-    if let (Route::Partition(p), Some(owns)) = (route, shared.partition_gate.get()) {
-        if !owns(p) {
-            return Err(HandlerError::with_code(
-                ErrorCode::Unavailable,
-                format!("node {} does not own partition {p}", shared.node),
-            ));
-        }
-    }
     let codec = Codec::from_content_type(header(wire::name::CONTENT_TYPE))
         .map_err(HandlerError::bad_request)?;
     let budget = match header(wire::name::TIMEOUT_MS) {
@@ -906,6 +917,28 @@ async fn call<C: Clone + Send + Sync + 'static>(
         info: info.clone(),
         payload: msg.payload.clone(),
     };
+    // The gates are checked last, right before the handler starts: a call
+    // runs only while this node is the active instance / partition owner
+    // (DESIGN §8 invariant 1: no handler runs once validity has ended).
+    // What is refused here had no effect, and says so.
+    match route {
+        Route::Partition(p) if shared.partition_gate.get().is_some_and(|owns| !owns(p)) => {
+            return Err(HandlerError::with_code(
+                ErrorCode::NotExecuted,
+                format!("node {} does not own partition {p}", shared.node),
+            ));
+        }
+        Route::Api if shared.api_gate.get().is_some_and(|may_run| !may_run()) => {
+            return Err(HandlerError::with_code(
+                ErrorCode::NotExecuted,
+                format!(
+                    "node {} is not the active instance of `{}`",
+                    shared.node, shared.app
+                ),
+            ));
+        }
+        _ => {}
+    }
     let handler: Arc<dyn ErasedHandler<C>> = Arc::clone(handler);
     let ctx = shared.ctx.clone();
     // The handler is invoked inside the future, so a panic in its synchronous

@@ -84,6 +84,12 @@ pub enum ErrorCode {
     NotFound,
     /// No instance (active, owner) answered within the deadline.
     Unavailable,
+    /// The instance that received the call refused it *before its handler
+    /// started* — it is no longer the active instance or owner (lease
+    /// lost, stepping down, partition handed off). The call had no effect:
+    /// it is safe to send again, and this crate's clients do so within the
+    /// deadline.
+    NotExecuted,
     /// The deadline passed before a reply.
     Timeout,
     /// The handler returned an error; the message is the handler's.
@@ -94,10 +100,11 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 7] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::Unavailable,
+        ErrorCode::NotExecuted,
         ErrorCode::Timeout,
         ErrorCode::Handler,
         ErrorCode::Internal,
@@ -109,6 +116,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotExecuted => "not_executed",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Handler => "handler",
             ErrorCode::Internal => "internal",
@@ -121,6 +129,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => 400,
             ErrorCode::NotFound => 404,
             ErrorCode::Unavailable => 503,
+            ErrorCode::NotExecuted => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::Handler => 500,
             ErrorCode::Internal => 500,

@@ -47,9 +47,10 @@ fn main() -> ExitCode {
             "failover" => failover().await,
             "rpc" => rpc().await,
             "data" => data().await,
+            "safety" => safety().await,
             "ring" => ring::run().await,
             other => Err(format!(
-                "unknown scenario `{other}`; available: failover, rpc, data, ring"
+                "unknown scenario `{other}`; available: failover, rpc, data, ring, safety"
             )),
         }
     });
@@ -617,6 +618,85 @@ async fn data() -> Result<(), String> {
         }
     }
     data_line("lock.cycle", &mut ours, &mut raw, 1.3);
+    platform.shutdown().await;
+    Ok(())
+}
+
+/// `safety`: a singleton's fenced `ctx.kv().put` (epoch-record check on the
+/// server) beside a raw async-nats put on the same server, interleaved.
+async fn safety() -> Result<(), String> {
+    use cluster_runtime::app::{App, Mode};
+    use cluster_runtime::config::Config;
+    use cluster_runtime::platform::Platform;
+    use std::time::Instant;
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut config = Config::default();
+    config.nats.urls = vec![server.url()];
+    config.node = "b1".into();
+    config.platform = "bench".into();
+    config.health_addr = None;
+    let platform = Platform::builder()
+        .config(config)
+        .app(
+            App::builder("fenced")
+                .mode(Mode::Singleton)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let ctx = platform.app("fenced").ok_or("no app context")?;
+    let until = Instant::now() + Duration::from_secs(20);
+    while !ctx.is_active() {
+        if Instant::now() > until {
+            return Err("the singleton did not become active".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let kv = ctx.kv().clone();
+    if !kv.is_fenced() {
+        return Err("a singleton's kv should be fenced".into());
+    }
+    let client = async_nats::connect(server.url())
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = async_nats::jetstream::new(client);
+    let raw_kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "raw_fenced".into(),
+            history: 10,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let value = bytes::Bytes::from(vec![b'x'; 100]);
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let mut i = 0usize;
+    while ours.len() < DATA_SAMPLES {
+        for _ in 0..DATA_BLOCK {
+            let key = format!("k.{}", i % 64);
+            i += 1;
+            let t = Instant::now();
+            kv.put(&key, value.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let ours_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            raw_kv
+                .put(&key, value.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let raw_s = t.elapsed().as_secs_f64();
+            if i > DATA_WARMUP {
+                ours.push(ours_s);
+                raw.push(raw_s);
+            }
+        }
+    }
+    data_line("kv.fenced_put", &mut ours, &mut raw, 1.1);
     platform.shutdown().await;
     Ok(())
 }

@@ -8,6 +8,14 @@
 //! - **Invalid keys fail before any I/O**, with [`KvError::InvalidKey`]
 //!   saying why. Keys are NATS subject tokens: `[-/_=.a-zA-Z0-9]`, `.`
 //!   separating non-empty tokens.
+//! - **Fenced writes (singletons).** A singleton's `ctx.kv()` writes only
+//!   while its instance is active, and JetStream refuses them once a
+//!   successor has activated ([`KvError::Fenced`]): `put`, `delete` and
+//!   `purge` carry the fence of the instance's epoch record, checked by the
+//!   server; `create`, `update` and `delete_if` carry their own revision
+//!   check and are fenced by the local lease validity only. Pools and rings
+//!   write unfenced; [`Kv::unfenced`] is the explicit escape hatch. Keys
+//!   starting with `_cluster.` are reserved.
 //! - **Compare-and-set.** [`Kv::create`] fails with
 //!   [`KvError::AlreadyExists`] when the key holds a value;
 //!   [`Kv::update`] fails with [`KvError::WrongRevision`] when the key's
@@ -51,6 +59,12 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::OnceCell;
+
+mod fence;
+
+use fence::Fence;
+pub(crate) use fence::FenceSlot;
+pub use fence::{EPOCH_KEY, RESERVED_TOKEN};
 
 /// Longest key accepted (NATS subjects are bounded by the control line).
 pub const MAX_KEY_LEN: usize = 1024;
@@ -157,6 +171,9 @@ pub enum KvErrorKind {
     WrongRevision,
     /// A typed value did not (de)serialize.
     Codec,
+    /// A fenced write was refused: this instance is not (or no longer)
+    /// the active one.
+    Fenced,
     /// NATS failed.
     Nats,
 }
@@ -196,6 +213,18 @@ pub enum KvError {
         /// The serde message.
         message: String,
     },
+    /// A fenced write was refused — by the server (a later active has
+    /// written its epoch record) or before sending (this instance is not
+    /// active, or its lease is no longer valid). Nothing was written.
+    #[error("KV write of `{key}` refused (fenced, epoch {epoch}): {reason}")]
+    Fenced {
+        /// The key.
+        key: String,
+        /// The epoch the write was made under (0: not active).
+        epoch: u64,
+        /// Why.
+        reason: String,
+    },
     /// NATS failed (unreachable, timed out, bucket misconfigured).
     #[error("KV {op} on bucket `{bucket}` failed: {message}")]
     Nats {
@@ -216,6 +245,7 @@ impl KvError {
             KvError::AlreadyExists { .. } => KvErrorKind::AlreadyExists,
             KvError::WrongRevision { .. } => KvErrorKind::WrongRevision,
             KvError::Codec { .. } => KvErrorKind::Codec,
+            KvError::Fenced { .. } => KvErrorKind::Fenced,
             KvError::Nats { .. } => KvErrorKind::Nats,
         }
     }
@@ -274,7 +304,16 @@ pub fn validate_key(key: &str) -> Result<(), KvError> {
     check_tokens(key, false).map_err(|reason| KvError::InvalidKey {
         key: key.to_owned(),
         reason,
-    })
+    })?;
+    if fence::is_reserved(key) {
+        return Err(KvError::InvalidKey {
+            key: key.to_owned(),
+            reason: format!(
+                "keys starting with `{RESERVED_TOKEN}.` are reserved for the framework"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a watch pattern: a key whose tokens may be `*`, or `>` last.
@@ -340,6 +379,17 @@ impl KvEntry {
 #[derive(Clone)]
 pub struct Kv {
     inner: Arc<Inner>,
+    writes: Writes,
+}
+
+/// Whether writes carry a fence.
+#[derive(Debug, Clone)]
+enum Writes {
+    /// Written as they are (pools, rings, data the active does not own).
+    Unfenced,
+    /// A singleton's writes: only while active, refused by the server once
+    /// a successor has activated.
+    Fenced(Arc<FenceSlot>),
 }
 
 struct Inner {
@@ -355,6 +405,7 @@ impl fmt::Debug for Kv {
         f.debug_struct("Kv")
             .field("bucket", &self.inner.bucket)
             .field("options", &self.inner.options)
+            .field("fenced", &self.is_fenced())
             .finish_non_exhaustive()
     }
 }
@@ -376,6 +427,103 @@ impl Kv {
                 default_replicas,
                 store: OnceCell::new(),
             }),
+            writes: Writes::Unfenced,
+        }
+    }
+
+    /// This bucket with writes fenced by `slot` (a singleton's context).
+    pub(crate) fn fenced_by(mut self, slot: Arc<FenceSlot>) -> Kv {
+        self.writes = Writes::Fenced(slot);
+        self
+    }
+
+    /// The same bucket with unfenced writes: for data the active instance
+    /// does not own (a standby's own notes, a pool's shared records).
+    /// Writes through it are never refused for being stale — use it only
+    /// where a deposed writer cannot do harm.
+    ///
+    /// ```no_run
+    /// # async fn demo(ctx: cluster_runtime::AppContext) -> Result<(), cluster_runtime::kv::KvError> {
+    /// ctx.kv().unfenced().put("standby.seen", "yes").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn unfenced(&self) -> Kv {
+        Kv {
+            inner: Arc::clone(&self.inner),
+            writes: Writes::Unfenced,
+        }
+    }
+
+    /// Whether writes through this handle are fenced (a singleton's
+    /// `ctx.kv()`).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self.writes, Writes::Fenced(_))
+    }
+
+    /// Writes the epoch record for the holder of `validity` and arms the
+    /// fence: from here until [`disarm`](Self::disarm) (or the end of
+    /// validity) writes carry it. Fails with [`KvError::Fenced`] when a
+    /// later holder has already activated.
+    pub(crate) async fn arm_fence(
+        &self,
+        validity: &crate::lease::Validity,
+        node: &str,
+    ) -> Result<(), KvError> {
+        let Writes::Fenced(slot) = &self.writes else {
+            return Ok(());
+        };
+        let store = self.store().await?;
+        let fence = fence::take(&self.inner.js, store, validity, node).await?;
+        slot.set(Some(fence));
+        Ok(())
+    }
+
+    /// Stops fencing writes under the current epoch: every fenced write
+    /// fails until the next [`arm_fence`](Self::arm_fence).
+    pub(crate) fn disarm_fence(&self) {
+        if let Writes::Fenced(slot) = &self.writes {
+            slot.set(None);
+        }
+    }
+
+    /// The fence a write must carry: `Ok(None)` for unfenced writes,
+    /// `Err(Fenced)` when this instance may not write now.
+    fn fence_for(&self, key: &str) -> Result<Option<Fence>, KvError> {
+        match &self.writes {
+            Writes::Unfenced => Ok(None),
+            Writes::Fenced(slot) => slot.valid().map(Some).ok_or_else(|| KvError::Fenced {
+                key: key.to_owned(),
+                epoch: 0,
+                reason: "this instance is not the active one (or its lease is no longer \
+                         valid); a singleton's KV writes are fenced — use \
+                         `ctx.kv().unfenced()` for data the active does not own"
+                    .to_owned(),
+            }),
+        }
+    }
+
+    /// Publishes a fenced write (`message` carries the fence check) and
+    /// maps the server's refusal to [`KvError::Fenced`].
+    async fn send_fenced(
+        &self,
+        key: &str,
+        op: &str,
+        fence: &Fence,
+        message: jetstream::message::PublishMessage,
+    ) -> Result<u64, KvError> {
+        let store = self.store().await?;
+        let subject = fence::key_subject(store, key)?;
+        let sent = async { self.inner.js.send_publish(subject, message).await?.await };
+        match sent.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(KvError::Fenced {
+                    key: key.to_owned(),
+                    epoch: fence.epoch(),
+                    reason: "refused by the server: a later active has taken over".to_owned(),
+                })
+            }
+            Err(e) => Err(self.nats_err(&format!("{op} `{key}`"), e)),
         }
     }
 
@@ -434,6 +582,10 @@ impl Kv {
     /// Writes `value`; returns the new revision.
     pub async fn put(&self, key: &str, value: impl Into<Bytes>) -> Result<u64, KvError> {
         validate_key(key)?;
+        if let Some(fence) = self.fence_for(key)? {
+            let message = fence.message().payload(value.into());
+            return self.send_fenced(key, "put", &fence, message).await;
+        }
         let store = self.store().await?;
         store
             .put(key, value.into())
@@ -445,6 +597,7 @@ impl Kv {
     /// otherwise fails with [`KvError::AlreadyExists`].
     pub async fn create(&self, key: &str, value: impl Into<Bytes>) -> Result<u64, KvError> {
         validate_key(key)?;
+        self.fence_for(key)?;
         let store = self.store().await?;
         match store.create(key, value.into()).await {
             Ok(rev) => Ok(rev),
@@ -466,6 +619,7 @@ impl Kv {
         expected: u64,
     ) -> Result<u64, KvError> {
         validate_key(key)?;
+        self.fence_for(key)?;
         let store = self.store().await?;
         match store.update(key, value.into(), expected).await {
             Ok(rev) => Ok(rev),
@@ -482,6 +636,13 @@ impl Kv {
     /// Deletes `key` (its history is kept; watchers see a delete).
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
         validate_key(key)?;
+        if let Some(fence) = self.fence_for(key)? {
+            let message = fence.message().header("KV-Operation", "DEL");
+            return self
+                .send_fenced(key, "delete", &fence, message)
+                .await
+                .map(|_| ());
+        }
         let store = self.store().await?;
         store
             .delete(key)
@@ -492,6 +653,7 @@ impl Kv {
     /// Deletes `key` only if its latest revision is `expected`.
     pub async fn delete_if(&self, key: &str, expected: u64) -> Result<(), KvError> {
         validate_key(key)?;
+        self.fence_for(key)?;
         let store = self.store().await?;
         // Published directly so the server's verdict is visible as an error
         // kind (async-nats' delete folds it into an opaque error).
@@ -521,6 +683,16 @@ impl Kv {
     /// Deletes `key` and drops its history.
     pub async fn purge(&self, key: &str) -> Result<(), KvError> {
         validate_key(key)?;
+        if let Some(fence) = self.fence_for(key)? {
+            let message = fence
+                .message()
+                .header("KV-Operation", "PURGE")
+                .header("Nats-Rollup", "sub");
+            return self
+                .send_fenced(key, "purge", &fence, message)
+                .await
+                .map(|_| ());
+        }
         let store = self.store().await?;
         store
             .purge(key)
@@ -537,6 +709,7 @@ impl Kv {
             .into_iter()
             .collect::<Result<Vec<String>, _>>()
             .map_err(|e| self.nats_err("keys", e))?;
+        out.retain(|k| !fence::is_reserved(k));
         out.sort();
         Ok(out)
     }
@@ -568,7 +741,11 @@ impl Kv {
             .await
             .map_err(|e| self.nats_err(&format!("watch `{pattern}`"), e))?;
         Ok(KvWatch {
-            inner: Box::pin(watch.filter_map(|e| async move { e.ok().map(KvEntry::from_nats) })),
+            inner: Box::pin(watch.filter_map(|e| async move {
+                e.ok()
+                    .filter(|e| !fence::is_reserved(&e.key))
+                    .map(KvEntry::from_nats)
+            })),
         })
     }
 
