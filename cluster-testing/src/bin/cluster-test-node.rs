@@ -40,6 +40,10 @@ struct Args {
     /// While active, emit a tick every this many ms (0 = never).
     #[arg(long, default_value_t = 0)]
     tick_ms: u64,
+    /// `on_leader_change` and `on_standby` sleep this long (ms) before
+    /// returning, emitting `<hook>.done` after (0 = no sleep).
+    #[arg(long, default_value_t = 0)]
+    hook_sleep_ms: u64,
     /// A virtual IP for the app (`CIDR dev IFACE`).
     #[arg(long)]
     vip: Option<String>,
@@ -119,6 +123,19 @@ async fn write_rows(ctx: cluster_runtime::app::AppContext, period: Duration) {
     }
 }
 
+/// A hook that takes `sleep` (if any), then says it is done.
+async fn slow_hook(ctx: &cluster_runtime::app::AppContext, hook: &str, sleep: Duration) {
+    if sleep.is_zero() {
+        return;
+    }
+    tokio::time::sleep(sleep).await;
+    emit(&NodeEvent::Hook {
+        hook: format!("{hook}.done"),
+        app: ctx.app().into(),
+        t_ns: monotonic_ns(),
+    });
+}
+
 fn emit(event: &NodeEvent) {
     use std::io::Write;
     if let Ok(line) = serde_json::to_string(event) {
@@ -165,6 +182,7 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
         .map_err(|e| cluster_runtime::Error::config(format!("--mode: {e}")))?;
     let ttl = Duration::from_secs(args.lease_ttl);
     let tick = Duration::from_millis(args.tick_ms);
+    let hook_sleep = Duration::from_millis(args.hook_sleep_ms);
     let has_db = args.sqlite.is_some();
     let writer = Duration::from_millis(args.writer_ms);
     let timing = match (args.lease_renew_ms, args.lease_deadline_ms) {
@@ -226,12 +244,17 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
         .handle("echo", |_ctx, payload: serde_json::Value| async move {
             Ok::<_, cluster_runtime::Error>(payload)
         })
-        .on_standby(|ctx| async move {
+        .on_standby(move |ctx| async move {
             emit(&NodeEvent::Hook {
                 hook: "on_standby".into(),
                 app: ctx.app().into(),
                 t_ns: monotonic_ns(),
             });
+            slow_hook(&ctx, "on_standby", hook_sleep).await;
+            Ok(())
+        })
+        .on_leader_change(move |ctx, _leader| async move {
+            slow_hook(&ctx, "on_leader_change", hook_sleep).await;
             Ok(())
         })
         .on_start(|ctx| async move {
