@@ -116,6 +116,7 @@ pub async fn open_bucket(
     replicas: usize,
 ) -> Result<kv::Store> {
     if let Ok(store) = js.get_key_value(bucket).await {
+        check_lease_bucket(js, bucket).await?;
         return Ok(store);
     }
     let config = kv::Config {
@@ -136,6 +137,39 @@ pub async fn open_bucket(
             .await
             .map_err(|_| Error::nats(format!("create KV bucket {bucket}"), create_err)),
     }
+}
+
+/// Refuses an existing bucket that cannot hold leases: without per-message
+/// TTLs every renew fails, and without limit markers expiries never reach
+/// watchers — an app would silently never activate.
+async fn check_lease_bucket(js: &jetstream::Context, bucket: &str) -> Result<()> {
+    let stream = format!("KV_{bucket}");
+    let mut info = js
+        .get_stream(&stream)
+        .await
+        .map_err(|e| Error::nats(format!("read the configuration of KV bucket {bucket}"), e))?;
+    let config = &info
+        .info()
+        .await
+        .map_err(|e| Error::nats(format!("read the configuration of KV bucket {bucket}"), e))?
+        .config;
+    let mut missing = Vec::new();
+    if !config.allow_message_ttl {
+        missing.push("per-message TTLs (allow_msg_ttl)");
+    }
+    if config.subject_delete_marker_ttl.is_none() {
+        missing.push("limit markers (subject_delete_marker_ttl)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "KV bucket `{bucket}` exists but cannot hold leases: it lacks {}. It was \
+         probably created by hand or by an older version; delete it (`nats kv del \
+         {bucket}`) and the node recreates it with history 1, per-message TTLs and \
+         limit markers",
+        missing.join(" and ")
+    )))
 }
 
 /// One lease key: read, watch, acquire.

@@ -240,3 +240,32 @@ async fn leader_change_hook_fires_everywhere_and_health_endpoints_answer() {
     assert_eq!(code, 503, "not ready without NATS");
     assert_eq!(http_get(port, "/health").await.expect("health").0, 200);
 }
+
+/// A coordination bucket made by hand (no per-message TTLs, no limit
+/// markers) would make every renew fail and the app never activate,
+/// silently: the node refuses to start, naming the bucket and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordination_bucket_without_ttls_is_refused_with_the_fix() {
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "t_counter_coord".into(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("bucket made by hand");
+    let err = Platform::builder()
+        .config(config(&server.url(), "n1"))
+        .app(singleton())
+        .start()
+        .await
+        .expect_err("a bucket without TTLs cannot hold leases");
+    let msg = err.to_string();
+    assert!(msg.contains("t_counter_coord"), "{msg}");
+    assert!(msg.contains("per-message TTLs"), "{msg}");
+    assert!(msg.contains("nats kv del t_counter_coord"), "{msg}");
+}
