@@ -205,16 +205,26 @@ impl Election {
                             }
                         }
                     }
-                    _ = generation.changed() => {
+                    // A closed channel means the platform is gone: stop,
+                    // never spin on it.
+                    changed = generation.changed() => {
+                        if changed.is_err() { break 'outer; }
                         // Reconnected: the watch may have missed events.
                         watch = None;
                         continue 'outer;
                     }
-                    _ = registered.changed() => continue 'outer,
+                    changed = registered.changed() => {
+                        if changed.is_err() { break 'outer; }
+                        continue 'outer;
+                    }
                     _ = tokio::time::sleep_until(holdoff_until), if holdoff_pending => continue 'outer,
                     _ = tokio::time::sleep(safety_poll) => continue 'outer,
-                    _ = self.commands.recv() => {} // step-down while standby: nothing to do
-                    _ = self.shutdown.changed() => continue 'outer,
+                    // Step-down while standby: nothing to do.
+                    cmd = self.commands.recv() => if cmd.is_none() { break 'outer },
+                    changed = self.shutdown.changed() => {
+                        if changed.is_err() { break 'outer; }
+                        continue 'outer;
+                    }
                 }
             }
         }

@@ -102,9 +102,10 @@ pub(crate) async fn run(inst: Arc<Instance>, mut shutdown: watch::Receiver<bool>
         let retry =
             retry_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = members.changed() => {}
-            _ = registered.changed() => {}
-            _ = shutdown.changed() => {}
+            // A closed channel means the platform is gone: stop, never spin.
+            changed = members.changed() => if changed.is_err() { return },
+            changed = registered.changed() => if changed.is_err() { return },
+            changed = shutdown.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep_until(retry), if retry_at.is_some() => {}
         }
     }
@@ -121,8 +122,10 @@ fn desired_here(
     match inst.app.mode {
         Mode::Spread => true,
         Mode::Replicas(n) => {
+            // Only nodes that run this app count (binaries may differ).
             let eligible = members
                 .values()
+                .filter(|m| m.node == inst.node() || m.apps.contains_key(&inst.app.name))
                 .filter(|m| placement.allows(&m.node, &m.labels))
                 .map(|m| m.node.as_str());
             rendezvous_choice(&inst.app.name, eligible, n as usize)
