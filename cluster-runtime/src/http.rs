@@ -18,18 +18,26 @@ use crate::observe::Metrics;
 use crate::platform::{readiness, status, Shared};
 
 /// Binds `addr` and serves; returns the bound address (port 0 picks one).
-pub(crate) async fn serve(
+/// Binds a listener for `setting` (`--health-addr/CLUSTER_HEALTH_ADDR`):
+/// done before the platform starts anything, so a port in use fails the
+/// start with nothing left running.
+pub(crate) async fn bind(
     addr: SocketAddr,
-    shared: Arc<Shared>,
-) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Error::config(format!(
-            "--health-addr/CLUSTER_HEALTH_ADDR: cannot listen on {addr}: {e}"
-        ))
-    })?;
+    setting: &str,
+) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::config(format!("{setting}: cannot listen on {addr}: {e}")))?;
     let bound = listener
         .local_addr()
-        .map_err(|e| Error::io("health listener address", e))?;
+        .map_err(|e| Error::io(format!("{setting} listener address"), e))?;
+    Ok((listener, bound))
+}
+
+pub(crate) fn serve(
+    (listener, bound): (tokio::net::TcpListener, SocketAddr),
+    shared: Arc<Shared>,
+) -> (SocketAddr, JoinHandle<()>) {
     let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -46,7 +54,7 @@ pub(crate) async fn serve(
             tracing::error!(error = %e, "health endpoint stopped");
         }
     });
-    Ok((bound, task))
+    (bound, task)
 }
 
 async fn health() -> impl IntoResponse {
@@ -68,18 +76,10 @@ async fn status_doc(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 /// Serves `GET /metrics` alone on `addr` (the `--metrics-addr`).
-pub(crate) async fn serve_metrics(
-    addr: SocketAddr,
+pub(crate) fn serve_metrics(
+    (listener, bound): (tokio::net::TcpListener, SocketAddr),
     metrics: Metrics,
-) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Error::config(format!(
-            "--metrics-addr/CLUSTER_METRICS_ADDR: cannot listen on {addr}: {e}"
-        ))
-    })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Error::io("metrics listener address", e))?;
+) -> (SocketAddr, JoinHandle<()>) {
     let router = Router::new()
         .route(
             "/metrics",
@@ -91,7 +91,7 @@ pub(crate) async fn serve_metrics(
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
-    Ok((bound, task))
+    (bound, task)
 }
 
 fn metrics_text(metrics: &Metrics) -> impl IntoResponse {

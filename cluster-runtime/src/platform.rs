@@ -112,6 +112,19 @@ impl PlatformBuilder {
             return Err(Error::config("audit retention (max_age) must be > 0"));
         }
 
+        // Listeners first: a port in use fails the start before anything
+        // runs (nothing to undo).
+        let health_listener = match config.health_addr {
+            Some(addr) => Some(crate::http::bind(addr, "--health-addr/CLUSTER_HEALTH_ADDR").await?),
+            None => None,
+        };
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => {
+                Some(crate::http::bind(addr, "--metrics-addr/CLUSTER_METRICS_ADDR").await?)
+            }
+            None => None,
+        };
+
         let mut config = config;
         let dev_server = if config.dev {
             Some(crate::dev::start(&mut config).await?)
@@ -201,6 +214,13 @@ impl PlatformBuilder {
         )
         .await?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // From here on, a failure stops what was started: the guard signals
+        // shutdown (apps step down, bounded by their leases) and leaves the
+        // membership, unless the start completes.
+        let mut started = StartGuard {
+            shutdown: Some(shutdown_tx.clone()),
+            membership: membership.clone(),
+        };
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(observe_members(
@@ -414,29 +434,53 @@ impl PlatformBuilder {
             platform_locks,
         });
         tasks.push(tokio::spawn(control_loop(shared.clone())));
-        let http = match shared.config.health_addr {
-            Some(addr) => {
-                let (bound, task) = crate::http::serve(addr, shared.clone()).await?;
-                shared
-                    .membership
-                    .update(|r| r.health_addr = Some(bound.to_string()));
-                Some((bound, task))
-            }
-            None => None,
-        };
-        let metrics_http = match shared.config.metrics_addr {
-            Some(addr) => {
-                Some(crate::http::serve_metrics(addr, shared.observe.metrics.clone()).await?)
-            }
-            None => None,
-        };
+        let http = health_listener.map(|listener| {
+            let (bound, task) = crate::http::serve(listener, shared.clone());
+            shared
+                .membership
+                .update(|r| r.health_addr = Some(bound.to_string()));
+            (bound, task)
+        });
+        let metrics_http = metrics_listener
+            .map(|listener| crate::http::serve_metrics(listener, shared.observe.metrics.clone()));
+        started.shutdown = None;
         Ok(Platform {
             shared,
             tasks,
             http,
             metrics_http,
             _dev_server: dev_server,
+            stopped: false,
         })
+    }
+}
+
+/// Undoes a start that failed half-way (see [`PlatformBuilder::start`]).
+struct StartGuard {
+    /// `None` once the start succeeded.
+    shutdown: Option<watch::Sender<bool>>,
+    membership: Membership,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            shutdown.send_replace(true);
+            stop_in_background(self.membership.clone(), Vec::new());
+        }
+    }
+}
+
+/// Leaves the membership and stops `rpc` servers on the current runtime,
+/// if there is one (used from `Drop`, which cannot wait).
+fn stop_in_background(membership: Membership, rpc: Vec<crate::rpc::RpcServer<AppContext>>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            for server in rpc {
+                server.shutdown().await;
+            }
+            membership.leave().await;
+        });
     }
 }
 
@@ -466,6 +510,8 @@ pub struct Platform {
     http: Option<(SocketAddr, JoinHandle<()>)>,
     metrics_http: Option<(SocketAddr, JoinHandle<()>)>,
     _dev_server: Option<crate::nats_server::NatsServer>,
+    /// Set by `shutdown`, so `Drop` has nothing left to do.
+    stopped: bool,
 }
 
 impl std::fmt::Debug for Platform {
@@ -628,9 +674,9 @@ impl Platform {
     }
 
     /// Hands over active roles, stops pools, deletes the node record.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shared.shutdown.send_replace(true);
-        let apps = futures::future::join_all(self.tasks);
+        let apps = futures::future::join_all(std::mem::take(&mut self.tasks));
         if tokio::time::timeout(Duration::from_secs(35), apps)
             .await
             .is_err()
@@ -642,12 +688,33 @@ impl Platform {
         }
         self.shared.membership.leave().await;
         self.shared.observe.health.stop();
-        if let Some((_, http)) = self.http {
+        if let Some((_, http)) = self.http.take() {
             http.abort();
         }
-        if let Some((_, http)) = self.metrics_http {
+        if let Some((_, http)) = self.metrics_http.take() {
             http.abort();
         }
+        self.stopped = true;
+    }
+}
+
+/// Dropping a platform without [`Platform::shutdown`] stops it in the
+/// background: every app steps down (bounded by its lease), the API
+/// servers stop, the node leaves. Use `shutdown` to wait for it.
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.shared.shutdown.send_replace(true);
+        for (_, http) in [self.http.take(), self.metrics_http.take()]
+            .into_iter()
+            .flatten()
+        {
+            http.abort();
+        }
+        let rpc = self.shared.apps.values().map(|a| a.rpc.clone()).collect();
+        stop_in_background(self.shared.membership.clone(), rpc);
     }
 }
 

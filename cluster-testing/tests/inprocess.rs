@@ -269,3 +269,89 @@ async fn a_coordination_bucket_without_ttls_is_refused_with_the_fix() {
     assert!(msg.contains("per-message TTLs"), "{msg}");
     assert!(msg.contains("nats kv del t_counter_coord"), "{msg}");
 }
+
+/// The health port in use fails the start before anything runs: no node
+/// record, no election — nothing keeps electing behind the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_port_in_use_fails_the_start_with_nothing_left_running() {
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut c = config(&server.url(), "n1");
+    c.health_addr = Some(taken.local_addr().expect("addr"));
+    let err = Platform::builder()
+        .config(c)
+        .app(singleton())
+        .start()
+        .await
+        .expect_err("port in use");
+    assert!(err.to_string().contains("--health-addr"), "{err}");
+    // Another node starts and becomes active; it sees no other member.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let other = start(&server.url(), "n2", singleton(), log).await;
+    let ctx = other.app("counter").expect("app");
+    wait_until("n2 active", Duration::from_secs(10), || ctx.is_active()).await;
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let nodes = js.get_key_value("t_nodes").await.expect("nodes bucket");
+    assert!(
+        nodes.get("n1").await.expect("read").is_none(),
+        "the failed node registered"
+    );
+    other.shutdown().await;
+}
+
+/// Dropping a platform without `shutdown()` stops it: its active steps
+/// down (a standby takes over at once, not after the TTL) and its node
+/// record goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_platform_stops_it() {
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let first = start(&server.url(), "n1", singleton(), log.clone()).await;
+    let ctx1 = first.app("counter").expect("app");
+    wait_until("n1 active", Duration::from_secs(10), || ctx1.is_active()).await;
+    let second = start(&server.url(), "n2", singleton(), log.clone()).await;
+    let ctx2 = second.app("counter").expect("app");
+    drop(first);
+    wait_until("n2 takes over", Duration::from_secs(10), || {
+        ctx2.is_active()
+    })
+    .await;
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let nodes = js.get_key_value("t_nodes").await.expect("nodes bucket");
+    let mut gone = false;
+    for _ in 0..200 {
+        if nodes.get("n1").await.expect("read").is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the dropped node's record stayed");
+    // The hand-over was a release, not an expiry: n1's demotion is
+    // recorded before n2's activation.
+    let events = log.lock().expect("log").clone();
+    let n1_up = events
+        .iter()
+        .find(|e| e.node == "n1" && e.role == Role::Active)
+        .map(|e| e.t_ns)
+        .expect("n1 was active");
+    let n1_down = events
+        .iter()
+        .find(|e| e.node == "n1" && e.role != Role::Active && e.t_ns > n1_up)
+        .map(|e| e.t_ns);
+    let n2_up = events
+        .iter()
+        .find(|e| e.node == "n2" && e.role == Role::Active)
+        .map(|e| e.t_ns);
+    assert!(
+        n1_down.is_some() && n2_up.is_some() && n1_down < n2_up,
+        "{events:?}"
+    );
+    second.shutdown().await;
+}
