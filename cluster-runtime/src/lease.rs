@@ -144,15 +144,24 @@ pub async fn open_bucket(
 /// watchers — an app would silently never activate.
 async fn check_lease_bucket(js: &jetstream::Context, bucket: &str) -> Result<()> {
     let stream = format!("KV_{bucket}");
-    let mut info = js
-        .get_stream(&stream)
-        .await
-        .map_err(|e| Error::nats(format!("read the configuration of KV bucket {bucket}"), e))?;
-    let config = &info
-        .info()
-        .await
-        .map_err(|e| Error::nats(format!("read the configuration of KV bucket {bucket}"), e))?
-        .config;
+    // The configuration cannot always be read at once (a stream just
+    // created on a NATS cluster has no leader yet): then the check is
+    // skipped rather than failing a start over a transient error.
+    let info = match js.get_stream(&stream).await {
+        Ok(mut s) => s
+            .info()
+            .await
+            .map(|i| i.config.clone())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let config = match info {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::debug!(bucket, error = %e, "cannot read the bucket's configuration; not checked");
+            return Ok(());
+        }
+    };
     let mut missing = Vec::new();
     if !config.allow_message_ttl {
         missing.push("per-message TTLs (allow_msg_ttl)");

@@ -42,6 +42,9 @@ pub struct NodeRecord {
     /// Process id (helps operators find the process).
     #[serde(default)]
     pub pid: u32,
+    /// Host name of the process.
+    #[serde(default)]
+    pub host: String,
     /// Apps this node runs and their roles.
     #[serde(default)]
     pub apps: BTreeMap<String, AppRecord>,
@@ -104,6 +107,7 @@ impl Membership {
             &record.node,
             timing,
         );
+        refuse_if_in_use(&key, &record).await?;
         let (events, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             key,
@@ -154,6 +158,71 @@ impl Membership {
     }
 }
 
+/// Refuses to start when another live process holds this node id.
+///
+/// A record held by another incarnation is either a live process (it
+/// renews within its renew interval) or a crashed one (it expires within
+/// its TTL). So watch the key for up to a TTL: a renew means the id is in
+/// use; an expiry or delete means it is free. Two processes with one id
+/// would otherwise take the record from each other forever.
+async fn refuse_if_in_use(key: &LeaseKey, ours: &NodeRecord) -> Result<()> {
+    // A bucket just created on a NATS cluster answers "no responders" until
+    // its stream has a leader: retry for a while, as the register loop does.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut backoff = Duration::from_millis(50);
+    let state = loop {
+        match key.read().await {
+            Ok(state) => break state,
+            Err(e) if tokio::time::Instant::now() >= give_up => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read this node's record yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    };
+    let KeyState::Held { seq, value } = state else {
+        return Ok(());
+    };
+    let Ok(other) = serde_json::from_slice::<NodeRecord>(&value) else {
+        return Ok(());
+    };
+    if other.pid == ours.pid && other.started_at_ms == ours.started_at_ms && other.host == ours.host
+    {
+        return Ok(());
+    }
+    let mut watch = Box::pin(key.watch().await?);
+    let window = key.timing().ttl + Duration::from_millis(500);
+    let verdict = tokio::time::timeout(window, async {
+        while let Some(state) = watch.next().await {
+            match state {
+                KeyState::Held { seq: s, .. } if s > seq => return true,
+                KeyState::Held { .. } => {}
+                KeyState::Free { .. } => return false,
+            }
+        }
+        false
+    })
+    .await;
+    match verdict {
+        Ok(true) => Err(crate::error::Error::config(format!(
+            "node id `{}` is in use by pid {} on host {} (started at unix ms {}): give \
+             each node its own --node/NODE_ID",
+            ours.node,
+            other.pid,
+            if other.host.is_empty() {
+                "?"
+            } else {
+                &other.host
+            },
+            other.started_at_ms
+        ))),
+        // Expired or deleted (a previous incarnation), or no renew seen
+        // within a TTL: the id is free.
+        Ok(false) | Err(_) => Ok(()),
+    }
+}
+
 fn encode(record: &NodeRecord) -> Bytes {
     Bytes::from(serde_json::to_vec(record).unwrap_or_default())
 }
@@ -176,7 +245,16 @@ async fn register_loop(inner: Arc<Inner>) {
         };
         let held = match held {
             Ok(Some(held)) => held,
-            Ok(None) => continue,
+            // Someone wrote our key between the read and the write: back
+            // off instead of fighting over it in a hot loop.
+            Ok(None) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register node record; retrying");
                 tokio::select! {

@@ -189,6 +189,10 @@ impl PlatformBuilder {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             pid: std::process::id(),
+            host: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
             apps: self
                 .apps
                 .iter()

@@ -308,3 +308,31 @@ async fn a_slow_hook_does_not_delay_a_crash_failover() {
     );
     nodes.history().check(APP).expect("invariants");
 }
+
+/// Two processes started with one node id would take the record from each
+/// other forever; the second refuses to start, naming the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_node_id_in_use_refuses_to_start() {
+    use cluster_testing::node::NodeProcess;
+
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let nodes = Nodes::start(specs(&server.url(), &["n1"]))
+        .await
+        .expect("nodes");
+    nodes.wait_for_active(APP, WAIT).await.expect("active");
+    let holder_pid = nodes.nodes[0].pid();
+    let mut twin = NodeProcess::spawn(NodeSpec::new(BIN, "n1", &server.url())).expect("spawn");
+    let status = twin.wait_exit(WAIT).await.expect("the twin exits");
+    assert!(!status.success());
+    let stderr = twin.stderr();
+    assert!(
+        stderr.contains("node id `n1` is in use by pid")
+            && stderr.contains(&holder_pid.to_string()),
+        "{stderr}"
+    );
+    // The holder was not disturbed.
+    assert_eq!(nodes.with_role(APP, Role::Active), vec!["n1".to_owned()]);
+    nodes.history().check(APP).expect("invariants");
+}
