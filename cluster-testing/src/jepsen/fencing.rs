@@ -54,6 +54,10 @@ pub struct FencingReport {
     /// False if the stream had gaps (revisions removed before they were
     /// read): the check then covers only what was read.
     pub complete: bool,
+    /// Stream sequences never read (gaps), any subject.
+    pub missing_revisions: u64,
+    /// Times the stream consumer had to be recreated.
+    pub consumer_restarts: u32,
 }
 
 impl FencingReport {
@@ -113,65 +117,98 @@ pub struct StreamWatch {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a [`StreamWatch`] read.
+#[derive(Debug, Clone, Default)]
+pub struct WatchResult {
+    /// The key's stored writes, in stream order.
+    pub writes: Vec<StoredWrite>,
+    /// No gaps, and caught up with the stream's last sequence.
+    pub complete: bool,
+    /// Stream sequences never read.
+    pub missing: u64,
+    /// Consumer re-creations.
+    pub restarts: u32,
+}
+
 #[derive(Debug, Default)]
 struct Seen {
     writes: Vec<StoredWrite>,
     last_seq: u64,
     complete: bool,
     error: Option<String>,
+    restarts: u32,
+    missing: u64,
+}
+
+/// Reads the stream from sequence `*expected` until the consumer fails.
+async fn follow(
+    js: &jetstream::Context,
+    stream_name: &str,
+    subject: &str,
+    seen: &std::sync::Mutex<Seen>,
+    expected: &mut u64,
+) -> Result<(), String> {
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: *expected,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while let Some(next) = messages.next().await {
+        let msg = next.map_err(|e| e.to_string())?;
+        let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
+        let mut seen = seen.lock().map_err(|_| "poisoned".to_owned())?;
+        if seq != *expected {
+            seen.complete = false;
+            seen.missing += seq.saturating_sub(*expected);
+        }
+        *expected = seq + 1;
+        seen.last_seq = seq;
+        if msg.subject.as_str() == subject && !msg.payload.is_empty() {
+            let value: serde_json::Value =
+                serde_json::from_slice(&msg.payload).unwrap_or(serde_json::Value::Null);
+            let epoch = value.get("epoch").and_then(serde_json::Value::as_u64);
+            seen.writes.push(StoredWrite { seq, epoch, value });
+        }
+    }
+    Err("consumer ended".into())
 }
 
 impl StreamWatch {
-    /// Starts following the stream of `bucket` (which must exist).
+    /// Starts following the stream of `bucket` (which must exist). The
+    /// consumer is recreated from the next sequence whenever it fails (a
+    /// NATS server restart), so only revisions the stream itself dropped
+    /// meanwhile are missed — and those show as gaps.
     pub async fn start(js: &jetstream::Context, bucket: &str, key: &str) -> Result<Self, String> {
         let stream_name = format!("KV_{bucket}");
-        let stream = js
-            .get_stream(&stream_name)
+        // Fail early if the bucket does not exist yet.
+        js.get_stream(&stream_name)
             .await
             .map_err(|e| format!("stream {stream_name}: {e}"))?;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("consumer on {stream_name}: {e}"))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| format!("consumer on {stream_name}: {e}"))?;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen {
             complete: true,
             ..Seen::default()
         }));
         let subject = format!("$KV.{bucket}.{key}");
-        let shared = seen.clone();
+        let (shared, js2, name) = (seen.clone(), js.clone(), stream_name.clone());
         let task = tokio::spawn(async move {
-            let mut expected = 0u64;
-            while let Some(next) = messages.next().await {
-                let Ok(mut seen) = shared.lock() else { return };
-                let msg = match next {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // The ordered consumer recreates itself after most
-                        // errors; note the latest for the report.
-                        seen.error = Some(e.to_string());
-                        continue;
+            let mut expected = 1u64;
+            loop {
+                if let Err(e) = follow(&js2, &name, &subject, &shared, &mut expected).await {
+                    if let Ok(mut seen) = shared.lock() {
+                        seen.error = Some(e);
+                        seen.restarts += 1;
                     }
-                };
-                let Ok(info) = msg.info() else { continue };
-                let seq = info.stream_sequence;
-                if expected != 0 && seq != expected {
-                    seen.complete = false;
                 }
-                expected = seq + 1;
-                seen.last_seq = seq;
-                if msg.subject.as_str() == subject && !msg.payload.is_empty() {
-                    let value: serde_json::Value =
-                        serde_json::from_slice(&msg.payload).unwrap_or(serde_json::Value::Null);
-                    let epoch = value.get("epoch").and_then(serde_json::Value::as_u64);
-                    seen.writes.push(StoredWrite { seq, epoch, value });
-                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
         Ok(StreamWatch {
@@ -183,9 +220,10 @@ impl StreamWatch {
     }
 
     /// Waits (up to `timeout`) until everything stored so far was read;
-    /// returns the writes of the key in stream order and whether the read
-    /// was complete (no gaps, caught up).
-    pub async fn finish(self, timeout: Duration) -> Result<(Vec<StoredWrite>, bool), String> {
+    /// returns the writes of the key in stream order, whether the read was
+    /// complete (no gaps, caught up), the number of stream sequences never
+    /// read and how often the consumer was recreated.
+    pub async fn finish(self, timeout: Duration) -> Result<WatchResult, String> {
         let deadline = tokio::time::Instant::now() + timeout;
         let last = loop {
             let got = match self.js.get_stream(&self.stream_name).await {
@@ -223,7 +261,12 @@ impl StreamWatch {
             .seen
             .lock()
             .map_err(|_| "stream watch poisoned".to_owned())?;
-        Ok((seen.writes.clone(), seen.complete && caught_up))
+        Ok(WatchResult {
+            writes: seen.writes.clone(),
+            complete: seen.complete && caught_up,
+            missing: seen.missing,
+            restarts: seen.restarts,
+        })
     }
 }
 

@@ -258,6 +258,11 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         Nats::Single(s) => s.url(),
         Nats::Cluster(c) => c.lock().await.urls(),
     };
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("nats url `{urls}`: {e}")))?;
 
     // Nodes.
     let mut set = NodeSet::default();
@@ -318,7 +323,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
 
     let client = async_nats::ConnectOptions::new()
         .request_timeout(Some(cfg.op_timeout + Duration::from_millis(500)))
-        .connect(urls.as_str())
+        .connect(addrs.clone())
         .await
         .map_err(|e| err(format!("connect: {e}")))?;
     let js = async_nats::jetstream::new(client.clone());
@@ -348,7 +353,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     for c in 0..cfg.clients {
         let conn = async_nats::ConnectOptions::new()
             .request_timeout(Some(cfg.op_timeout + Duration::from_millis(500)))
-            .connect(urls.as_str())
+            .connect(addrs.clone())
             .await
             .map_err(|e| err(format!("connect: {e}")))?;
         let worker = Client {
@@ -447,11 +452,13 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     }
     if let Some(watch) = watch {
         match watch.finish(Duration::from_secs(20)).await {
-            Ok((writes, complete)) => {
-                let mut r = fencing::check(&writes);
-                r.complete = complete;
+            Ok(read) => {
+                let mut r = fencing::check(&read.writes);
+                r.complete = read.complete;
+                r.missing_revisions = read.missing;
+                r.consumer_restarts = read.restarts;
                 violations += r.violations() as u64;
-                if !complete {
+                if !read.complete {
                     unverified += 1;
                 }
                 details.insert("fencing".into(), json(&r));
