@@ -6,6 +6,7 @@
 //! can be SIGKILLed, SIGSTOPped and restarted.
 
 pub mod invariants;
+pub mod jepsen;
 pub mod litestream;
 #[cfg(target_os = "linux")]
 pub mod netns;

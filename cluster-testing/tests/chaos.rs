@@ -1,0 +1,231 @@
+//! The chaos suites in a bounded CI form (fixed seeds, 15 s of workload
+//! each, run one at a time), and proof that every checker can fail.
+//!
+//! Suites that the current runtime fails are `#[ignore]`d with the reason;
+//! run them with `cargo test -p cluster-testing --test chaos -- --ignored`.
+//! Flip them (remove the `ignore`) once the runtime fixes land: RPC gating
+//! on lease validity, fenced KV writes, demotion before serving again.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use cluster_testing::jepsen::exec::{self, Execution};
+use cluster_testing::jepsen::fencing::{self, StoredWrite};
+use cluster_testing::jepsen::history::{Call, History, Op, Outcome};
+use cluster_testing::jepsen::linearizable::{self, CounterModel, Limits, RegisterModel};
+use cluster_testing::jepsen::runner::{self, duplicate_counts, Binaries, RunConfig, Suite};
+use cluster_testing::jepsen::set;
+
+/// Seconds of workload per suite in CI.
+const SECONDS: u64 = 15;
+
+/// One suite at a time: they share 2 cores with the rest of the tests.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The chaos node from this package, and `quickstart` built into the same
+/// target directory (binaries of other packages have no `CARGO_BIN_EXE_*`).
+fn binaries() -> Binaries {
+    static QUICKSTART: OnceLock<PathBuf> = OnceLock::new();
+    let quickstart = QUICKSTART.get_or_init(|| {
+        // target/<profile>/deps/chaos-HASH → target/<profile>
+        let exe = std::env::current_exe().expect("test exe");
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "-p", "quickstart"])
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building quickstart failed");
+        profile_dir.join("quickstart")
+    });
+    Binaries {
+        chaos_node: PathBuf::from(env!("CARGO_BIN_EXE_cluster-chaos-node")),
+        quickstart: quickstart.clone(),
+    }
+}
+
+async fn assert_suite_passes(suite: Suite, seed: u64) {
+    let _one_at_a_time = SERIAL.lock().await;
+    let cfg = RunConfig::new(suite, seed, SECONDS, binaries());
+    let report = runner::run(&cfg).await.expect("the run takes place");
+    let line = serde_json::to_string(&report).expect("report json");
+    eprintln!("{line}");
+    assert!(report.ok > 0, "no operation succeeded: {line}");
+    assert!(
+        report.faults.values().sum::<u64>() > 0,
+        "no fault injected: {line}"
+    );
+    assert!(
+        report.passed(),
+        "chaos.{} seed {seed}: {} violations, {} unverified; artifacts in {:?}",
+        suite.as_str(),
+        report.violations,
+        report.unverified,
+        report.artifacts
+    );
+}
+
+// FAILS on the current runtime (recorded 2025-12 on wip-jepsen: seed 1,
+// 30 s → 558 duplicate acknowledged counts, not linearizable): a paused
+// active resumes and serves while its successor serves too, and quickstart's
+// KV writes are not fenced. Remove the ignore once those fixes land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails on the current runtime: duplicate acknowledged counts after SIGSTOP/SIGCONT of the active"]
+async fn counter_suite_is_linearizable_under_faults() {
+    assert_suite_passes(Suite::Counter, 1).await;
+}
+
+// FAILS on the current runtime (seed 1, 20 s: 1564 writes stored by a
+// node without a valid lease, 1 stale-epoch write stored after a newer
+// one, 1 overlap of two holders' executions). Remove the ignore once RPC
+// gating and fenced KV writes land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails on the current runtime: unfenced and stale-epoch KV writes, overlapping executions"]
+async fn register_suite_is_linearizable_fenced_and_exclusive() {
+    assert_suite_passes(Suite::Register, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_suite_loses_no_acknowledged_add() {
+    assert_suite_passes(Suite::Set, 3).await;
+}
+
+// FAILS on the current runtime, like the register suite (seed 1, 30 s:
+// 745 writes without a valid lease stored, 1 execution overlap; the KV
+// stream read also had gaps across server kills → unverified).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails on the current runtime: unfenced KV writes, overlapping executions"]
+async fn nats_suite_survives_server_kills() {
+    assert_suite_passes(Suite::Nats, 4).await;
+}
+
+// ---- Every checker can fail: known-bad histories. ----
+
+fn op(process: u32, call: Call, t: (u64, u64), outcome: Outcome) -> Op {
+    Op {
+        id: 0,
+        process,
+        key: "k".into(),
+        call,
+        invoke_ns: t.0,
+        complete_ns: t.1,
+        outcome,
+        node: None,
+        epoch: None,
+    }
+}
+
+fn ok(v: serde_json::Value) -> Outcome {
+    Outcome::Ok { value: v }
+}
+
+fn history(ops: Vec<Op>) -> History {
+    let mut h = History::default();
+    for o in ops {
+        h.push(o);
+    }
+    h
+}
+
+#[test]
+fn linearizability_checker_rejects_duplicate_counts_and_stale_reads() {
+    let incr = Call::Incr { by: 1 };
+    let dup = history(vec![
+        op(0, incr.clone(), (0, 1), ok(1.into())),
+        op(1, incr.clone(), (2, 3), ok(2.into())),
+        op(2, incr.clone(), (4, 5), ok(2.into())),
+    ]);
+    let r = linearizable::check(&CounterModel, &dup, Limits::default());
+    assert_eq!(r.violations(), 1, "{r:?}");
+    assert_eq!(duplicate_counts(&dup), vec![(2, vec![1, 2])]);
+
+    let stale = history(vec![
+        op(
+            0,
+            Call::Write { value: 1 },
+            (0, 1),
+            ok(serde_json::Value::Null),
+        ),
+        op(
+            0,
+            Call::Write { value: 2 },
+            (2, 3),
+            ok(serde_json::Value::Null),
+        ),
+        op(1, Call::Read, (4, 5), ok(1.into())),
+    ]);
+    let r = linearizable::check(&RegisterModel, &stale, Limits::default());
+    assert_eq!(r.violations(), 1, "{r:?}");
+}
+
+#[test]
+fn a_saved_failing_history_fails_again_when_reloaded() {
+    let incr = Call::Incr { by: 1 };
+    let h = history(vec![
+        op(0, incr.clone(), (0, 1), ok(1.into())),
+        op(1, incr, (2, 3), ok(1.into())),
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("history.jsonl");
+    h.save(&path).expect("save");
+    let loaded = History::load(&path).expect("load");
+    assert_eq!(loaded, h);
+    let r = linearizable::check(&CounterModel, &loaded, Limits::default());
+    assert_eq!(r.violations(), 1);
+}
+
+#[test]
+fn set_checker_reports_a_lost_acknowledged_add() {
+    let h = history(vec![
+        op(
+            0,
+            Call::Add { element: 1 },
+            (0, 1),
+            ok(serde_json::Value::Null),
+        ),
+        op(
+            0,
+            Call::Add { element: 2 },
+            (2, 3),
+            ok(serde_json::Value::Null),
+        ),
+    ]);
+    let r = set::check(&h, &BTreeSet::from([1]));
+    assert_eq!(r.lost, vec![2]);
+    assert_eq!(r.violations(), 1);
+}
+
+#[test]
+fn exec_checker_reports_two_valid_holders_at_once() {
+    let e = |node: &str, epoch, s, t| Execution {
+        node: node.into(),
+        app: "register".into(),
+        method: "write".into(),
+        epoch: Some(epoch),
+        start_ns: s,
+        end_ns: t,
+        active_at_start: true,
+        active_at_end: false,
+    };
+    let overlaps = exec::check(&[e("n1", 1, 0, 100), e("n2", 4, 50, 60)], "register");
+    assert_eq!(overlaps.len(), 1);
+}
+
+#[test]
+fn fencing_checker_reports_a_stale_epoch_stored_after_a_newer_one() {
+    let w = |seq, epoch| StoredWrite {
+        seq,
+        epoch: Some(epoch),
+        value: serde_json::json!({"value": seq, "epoch": epoch}),
+    };
+    let r = fencing::check(&[w(1, 1), w(2, 5), w(3, 1)]);
+    assert_eq!(r.stale_count, 1);
+    assert_eq!(r.violations(), 1);
+}
