@@ -147,6 +147,9 @@ async fn main() -> ExitCode {
                 }
             };
             let report = match model.as_str() {
+                "counter" if cluster_testing::jepsen::counter::applies(&h) => {
+                    cluster_testing::jepsen::counter::check(&h)
+                }
                 "counter" => linearizable::check(&CounterModel, &h, Limits::default()),
                 "register" => linearizable::check(&RegisterModel, &h, Limits::default()),
                 other => {

@@ -3,9 +3,14 @@
 //!
 //! The app records every handler execution as an [`Execution`] (the
 //! `cluster-chaos-node` binary writes them as JSON lines to `--exec-log`).
-//! [`check`] reports every pair of executions on *different nodes* whose
-//! `[start_ns, end_ns]` intervals overlap while both saw
-//! `ctx.is_active()` true at their start. One [`Overlap`] is reported per
+//! What a handler *believed* is known only where it looked: an execution
+//! that saw `ctx.is_active()` at its start and at its end believed it was
+//! valid throughout `[start_ns, end_ns]`; one that saw it only at its start
+//! believed it at `start_ns` (it may have been paused right after, and
+//! found itself deposed when it resumed — its effects are then refused by
+//! the fence, which [`super::fencing`] checks). [`check`] reports every
+//! pair of executions on *different nodes* whose believed-valid windows
+//! intersect. One [`Overlap`] is reported per
 //! pair of (node, epoch) holders, with the number of overlapping
 //! execution pairs between them.
 
@@ -74,11 +79,13 @@ pub fn check(executions: &[Execution], app: &str) -> Vec<Overlap> {
         .filter(|e| e.app == app && e.active_at_start)
         .collect();
     valid.sort_by_key(|e| (e.start_ns, e.end_ns));
+    // Every window ends at or before `end_ns`: scanning by start up to the
+    // longest end seen finds every intersecting pair.
     type Holder = (String, Option<u64>);
     let mut found: BTreeMap<(Holder, Holder), Overlap> = BTreeMap::new();
     for (i, a) in valid.iter().enumerate() {
         for b in valid[i + 1..].iter().take_while(|b| b.start_ns <= a.end_ns) {
-            if a.node == b.node {
+            if a.node == b.node || !windows_intersect(a, b) {
                 continue;
             }
             let ka = (a.node.clone(), a.epoch);
@@ -95,6 +102,21 @@ pub fn check(executions: &[Execution], app: &str) -> Vec<Overlap> {
         }
     }
     found.into_values().collect()
+}
+
+/// The span in which an execution believed it held the lease.
+fn believed_valid(e: &Execution) -> (u64, u64) {
+    if e.active_at_end {
+        (e.start_ns, e.end_ns)
+    } else {
+        (e.start_ns, e.start_ns)
+    }
+}
+
+fn windows_intersect(a: &Execution, b: &Execution) -> bool {
+    let (a0, a1) = believed_valid(a);
+    let (b0, b1) = believed_valid(b);
+    a0 <= b1 && b0 <= a1
 }
 
 #[cfg(test)]
@@ -124,6 +146,19 @@ mod tests {
             ex("n1", 1, 14, 30, false),
         ];
         assert!(check(&execs, "register").is_empty());
+    }
+
+    #[test]
+    fn a_handler_paused_mid_way_that_resumes_deposed_is_not_an_overlap() {
+        // n1 started valid, was paused, ended knowing it was deposed; n2
+        // ran while n1 was paused.
+        let mut paused = ex("n1", 1, 0, 100, true);
+        paused.active_at_end = false;
+        let execs = vec![paused.clone(), ex("n2", 5, 50, 60, true)];
+        assert!(check(&execs, "register").is_empty());
+        // But starting (valid) inside another node's valid window is one.
+        let execs = vec![ex("n2", 5, 0, 60, true), paused];
+        assert_eq!(check(&execs, "register").len(), 1);
     }
 
     #[test]
