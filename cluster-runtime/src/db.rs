@@ -11,9 +11,16 @@
 //!
 //! Guarantees: a commit followed by [`Db::commit_synced`] (or
 //! [`Wal::sync`]) returning `Ok` is stored in JetStream and survives any
-//! failover (RPO 0); other commits are shipped within milliseconds and can
-//! be lost only with the active node itself. A deposed primary cannot store
-//! a file (`wal.head` fencing).
+//! failover (RPO 0), also when this node is paused or cut off and resumes
+//! after a successor took over: `Ok` needs the lease still valid after the
+//! file's put was acknowledged, and the successor takes `wal.head` and
+//! catches up only after that validity ended (the argument is at
+//! `wal::replicator::ack_gate`). Other commits are shipped within
+//! milliseconds and can be lost only with the active node itself. A
+//! deposed primary reserves nothing once a successor took `wal.head`
+//! (compare-and-set) or once its own validity ended (local check); an
+//! upload reserved before the takeover can still land after it, above
+//! nothing the successor holds and never acknowledged.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,9 +31,11 @@ use async_nats::jetstream;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::lease::Validity;
 use crate::observe::Metrics;
 use crate::wal::bucket::WalBucket;
-use crate::wal::replicator::{FenceConfig, Replicator, ReplicatorConfig};
+use crate::wal::fence::{Fence, Head, HEAD_KEY};
+use crate::wal::replicator::{Replicator, ReplicatorConfig};
 use crate::wal::restorer::{restore_with, RestoreOptions, Restorer};
 use crate::wal::snapshots::{SnapshotInfo, Snapshots};
 use crate::wal::WalError;
@@ -55,6 +64,9 @@ pub(crate) struct Replicated {
     follower: tokio::sync::Mutex<Follower>,
     /// The TXID the promoted database is at, for the replicator.
     promoted: Mutex<Option<u64>>,
+    /// `wal.head`, taken over by this node's epoch at the start of becoming
+    /// active and handed to the replicator when it starts.
+    fence: Mutex<Option<Fence>>,
     /// Whether `ctx.db()` commits are accepted: only while replicating.
     /// Cleared before the final flush, so no commit lands after it.
     accepting: Arc<AtomicBool>,
@@ -100,6 +112,7 @@ impl Replicated {
             replicator: Mutex::new(None),
             follower: tokio::sync::Mutex::new(Follower::Idle),
             promoted: Mutex::new(None),
+            fence: Mutex::new(None),
             accepting: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -214,14 +227,62 @@ impl Replicated {
         Ok(txid)
     }
 
-    /// Starts shipping the data path's commits under `epoch`.
-    pub(crate) async fn start_replicating(&self, epoch: u64) -> std::result::Result<u64, WalError> {
+    /// The first thing of becoming active, before catch-up and promotion:
+    /// takes `wal.head` over for the lease's epoch (compare-and-set; refused
+    /// if an equal or higher epoch holds it). From here on the previous
+    /// primary's reservations fail, so nothing it stores later can hold
+    /// TXIDs beyond what the catch-up that follows will see or what
+    /// `wal.head` told us. Returns the previous primary's last reservation.
+    pub(crate) async fn take_fence(
+        &self,
+        lease: &Validity,
+    ) -> std::result::Result<Option<Head>, WalError> {
+        if !lease.is_valid() {
+            return Err(WalError::Deposed {
+                epoch: lease.epoch(),
+                what: "taking over wal.head",
+            });
+        }
+        let fence = Fence::acquire(self.coord.clone(), HEAD_KEY, lease.epoch()).await?;
+        let previous = fence.previous();
+        tracing::info!(app = %self.app, epoch = lease.epoch(), ?previous, "wal.head taken over");
+        if let Ok(mut f) = self.fence.lock() {
+            *f = Some(fence);
+        }
+        Ok(previous)
+    }
+
+    /// Forgets a fence not handed to a replicator (activation undone).
+    pub(crate) fn drop_fence(&self) {
+        if let Ok(mut f) = self.fence.lock() {
+            f.take();
+        }
+    }
+
+    /// Starts shipping the data path's commits under the lease `lease`:
+    /// with the fence [`take_fence`](Self::take_fence) took for its epoch
+    /// (or takes it now), checking `lease` before every reservation and put
+    /// and after every put's ack.
+    pub(crate) async fn start_replicating(
+        &self,
+        lease: &Validity,
+    ) -> std::result::Result<u64, WalError> {
         self.ensure_dir()?;
+        let held = self
+            .fence
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .filter(|f| f.epoch() == lease.epoch());
+        let fence = match held {
+            Some(f) => f,
+            None => Fence::acquire(self.coord.clone(), HEAD_KEY, lease.epoch()).await?,
+        };
         let bucket = WalBucket::open_or_create(&self.js, &self.wal_bucket, self.replicas).await?;
         let mut config = ReplicatorConfig::new(&self.data_path, bucket);
-        config.fence = Some(FenceConfig::new(self.coord.clone(), epoch));
+        config.validity = Some(lease.clone());
         config.known_position = self.promoted.lock().ok().and_then(|mut p| p.take());
-        let replicator = Replicator::start(config).await?;
+        let replicator = Replicator::start_fenced(config, fence).await?;
         let txid = replicator.position().borrow().txid;
         if let Ok(mut r) = self.replicator.lock() {
             *r = Some(Arc::new(replicator));
@@ -230,45 +291,48 @@ impl Replicated {
         Ok(txid)
     }
 
-    /// Stops shipping: with `flush`, everything committed is stored first
-    /// (graceful step-down); without (lease lost), at once.
+    /// Stops shipping.
+    ///
+    /// With `flush` (graceful step-down): everything committed is stored
+    /// first, bounded by the lease's validity — if it ends first (NATS slow
+    /// or unreachable) this gives up with [`WalError::Deposed`] and the
+    /// caller must take the lease-lost path.
+    ///
+    /// Without (lease lost): returns at once, waiting on nothing. A
+    /// `commit_synced()` in flight fails with `Deposed`; no `Arc` is
+    /// awaited (the last clone, dropped by that call, stops the workers).
     pub(crate) async fn stop_replicating(
         &self,
         flush: bool,
     ) -> std::result::Result<Option<u64>, WalError> {
-        // From here on `ctx.db()` commits roll back; wait for one already
-        // committing (a write lock is granted only after it), so the final
-        // flush below ships every commit this node accepted.
+        // From here on `ctx.db()` commits roll back.
         self.accepting.store(false, Ordering::SeqCst);
-        if flush && self.data_path.exists() {
-            let path = self.data_path.clone();
-            let _ = tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
-                let conn = rusqlite::Connection::open(path)?;
-                conn.busy_timeout(Duration::from_secs(5))?;
-                conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
-            })
-            .await;
-        }
-        let Some(mut shared) = self.replicator.lock().ok().and_then(|mut r| r.take()) else {
+        self.drop_fence();
+        let Some(replicator) = self.replicator.lock().ok().and_then(|mut r| r.take()) else {
             return Ok(None);
         };
-        // A `commit_synced` in flight holds a clone for a moment.
-        let replicator = loop {
-            match Arc::try_unwrap(shared) {
-                Ok(r) => break r,
-                Err(again) => {
-                    shared = again;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        };
-        if flush {
-            replicator.stop().await.map(|p| Some(p.txid))
-        } else {
+        if !flush {
+            replicator.abort();
             let txid = replicator.position().borrow().txid;
-            drop(replicator);
-            Ok(Some(txid))
+            return Ok(Some(txid));
         }
+        // Wait for a commit already committing (a write lock is granted
+        // only after it), so the final flush ships every commit this node
+        // accepted; bounded by SQLite's busy timeout and the flush below by
+        // the lease.
+        if self.data_path.exists() {
+            let path = self.data_path.clone();
+            let wait = tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
+                let conn = rusqlite::Connection::open(path)?;
+                conn.busy_timeout(Duration::from_secs(2))?;
+                conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            });
+            tokio::select! {
+                _ = wait => {}
+                () = replicator.lease_ended() => {}
+            }
+        }
+        replicator.finish().await.map(|p| Some(p.txid))
     }
 
     /// Keeps `gc_replication_lag_seconds` and `gc_wal_bytes_total` current.
@@ -552,5 +616,145 @@ impl AppSnapshots {
             .await?
             .restore(id, dest)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Stopping replication with NATS unreachable (a SIGSTOPped
+    //! nats-server), on real files: the lease-lost stop returns at once and
+    //! fails the `commit_synced()` in flight; the graceful stop gives up at
+    //! the end of the lease's validity.
+
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::lease::{HeldLease, LeaseKey, LeaseTiming};
+    use crate::nats_server::{NatsServer, ServerOptions};
+
+    struct Active {
+        server: NatsServer,
+        replicated: Arc<Replicated>,
+        held: HeldLease,
+        _dir: tempfile::TempDir,
+    }
+
+    /// One node made active by hand: lease, fence, promotion (empty
+    /// bucket), replication, one synced commit.
+    async fn active(name: &str) -> Active {
+        let server = NatsServer::start(ServerOptions::default())
+            .await
+            .expect("nats-server (scripts/test.sh installs it)");
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        let names = crate::naming::Names::new("t").expect("names");
+        let coord = crate::lease::open_bucket(&js, &names.app_coord_bucket(name), 1)
+            .await
+            .expect("coord");
+        let leases = crate::lease::open_bucket(&js, &format!("t_{name}_lease"), 1)
+            .await
+            .expect("lease bucket");
+        let timing = LeaseTiming::new(
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+            Duration::from_millis(800),
+        )
+        .expect("timing");
+        let held = LeaseKey::new(js.clone(), leases, "leader", timing)
+            .try_acquire(0, Bytes::from_static(b"n1"))
+            .await
+            .expect("acquire")
+            .expect("held");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let replicated = Replicated::new(
+            name,
+            "n1",
+            dir.path().join("data.db"),
+            js,
+            &names,
+            1,
+            coord,
+            Metrics::new("t").expect("metrics"),
+        );
+        let validity = held.validity();
+        replicated.take_fence(&validity).await.expect("fence");
+        replicated.promote().await.expect("promote");
+        replicated
+            .start_replicating(&validity)
+            .await
+            .expect("replicate");
+        let db = Db::open(&replicated).expect("db");
+        db.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
+            .expect("write");
+        db.commit_synced().await.expect("first synced commit");
+        Active {
+            server,
+            replicated,
+            held,
+            _dir: dir,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lease_lost_stop_returns_at_once_with_a_synced_commit_in_flight_and_nats_stopped() {
+        let a = active("abort").await;
+        let db = Db::open(&a.replicated).expect("db");
+        a.server.pause().expect("SIGSTOP nats-server");
+        db.execute("INSERT INTO t VALUES (2)", []).expect("write");
+        let in_flight = tokio::spawn(db.commit_synced());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!in_flight.is_finished(), "the sync cannot complete");
+
+        let t0 = Instant::now();
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(5), a.replicated.stop_replicating(false))
+                .await
+                .expect("stop_replicating(false) returned");
+        let took = t0.elapsed();
+        let synced = tokio::time::timeout(Duration::from_secs(5), in_flight)
+            .await
+            .expect("commit_synced returned")
+            .expect("join");
+        let failed_after = t0.elapsed();
+        eprintln!(
+            "stop_replicating(false) with NATS stopped: returned {stopped:?} in {took:?}; \
+             the commit_synced in flight failed after {failed_after:?}: {synced:?}"
+        );
+        assert!(stopped.is_ok());
+        assert!(
+            matches!(synced, Err(Error::Wal(WalError::Deposed { .. }))),
+            "{synced:?}"
+        );
+        a.server.resume().expect("SIGCONT");
+        drop(a.held);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn graceful_stop_gives_up_when_the_lease_validity_ends_with_nats_stopped() {
+        let a = active("graceful").await;
+        let db = Db::open(&a.replicated).expect("db");
+        a.server.pause().expect("SIGSTOP nats-server");
+        db.execute("INSERT INTO t VALUES (2)", []).expect("write");
+        let validity = a.held.validity();
+        let t0 = Instant::now();
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(10), a.replicated.stop_replicating(true))
+                .await
+                .expect("stop_replicating(true) returned");
+        let took = t0.elapsed();
+        let late = tokio::time::Instant::now().saturating_duration_since(validity.valid_until());
+        eprintln!(
+            "stop_replicating(true) with NATS stopped: {stopped:?} after {took:?} \
+             ({late:?} after the validity ended)"
+        );
+        assert!(!validity.is_valid(), "gave up before the validity ended");
+        match stopped {
+            Err(WalError::Deposed { what, .. }) => assert!(what.contains("validity"), "{what}"),
+            other => panic!("expected Deposed at the end of validity, got {other:?}"),
+        }
+        assert!(a.replicated.stop_replicating(false).await.is_ok());
+        a.server.resume().expect("SIGCONT");
     }
 }

@@ -60,6 +60,17 @@ pub enum WalError {
         /// The epoch found in `wal.head`.
         current: u64,
     },
+    /// The lease this primary ships under is no longer valid (its
+    /// deadline passed, it was lost, or replication was aborted because
+    /// it was): nothing more is reserved or stored, and no commit that was
+    /// not stored while the lease was still valid is acknowledged.
+    #[error("deposed: the lease of epoch {epoch} is no longer valid ({what}); this node is no longer the primary")]
+    Deposed {
+        /// Our epoch.
+        epoch: u64,
+        /// What was refused or abandoned.
+        what: &'static str,
+    },
     /// The LTX codec refused a file.
     #[error("LTX: {0}")]
     Ltx(#[from] LtxError),

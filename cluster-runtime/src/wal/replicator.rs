@@ -39,6 +39,15 @@
 //!   image as the next TXID.
 //! - With fencing, no file is written without a successful reservation; a
 //!   deposed primary stops with [`WalError::Fenced`].
+//! - With a lease [`Validity`], the uploader checks it before each
+//!   reservation and before each put, and a stored file counts as shipped
+//!   (advances [`Position::txid`], so `sync()` returns) only if the
+//!   validity still holds *after* the put was acknowledged — the ack gate,
+//!   argued at [`ack_gate`]. Once it fails the replicator stops with
+//!   [`WalError::Deposed`].
+//! - [`Replicator::abort`] (lease lost) returns at once and makes every
+//!   `sync()` in flight fail with `Deposed`, without waiting on NATS;
+//!   [`Replicator::finish`] (graceful) gives up when the validity ends.
 //!
 //! ```no_run
 //! # async fn demo(js: async_nats::jetstream::Context) -> Result<(), cluster_runtime::wal::WalError> {
@@ -75,6 +84,7 @@ use super::fence::{Fence, HEAD_KEY};
 use super::ltx::{self, Header, FLAG_NO_CHECKSUM};
 use super::wal_file::{read_header, WalCommit, WalCursor, WalHeader};
 use super::WalError;
+use crate::lease::Validity;
 
 /// Fencing settings: the coordination bucket, key and our epoch.
 #[derive(Clone)]
@@ -114,8 +124,13 @@ pub struct ReplicatorConfig {
     pub db_path: PathBuf,
     /// Where files go.
     pub bucket: WalBucket,
-    /// TXID reservation; `None` for a standalone replicator.
+    /// TXID reservation; `None` for a standalone replicator (or when the
+    /// fence is taken beforehand: [`Replicator::start_fenced`]).
     pub fence: Option<FenceConfig>,
+    /// The lease this primary ships under: checked before each
+    /// reservation, before each put and after each put's ack. `None`: no
+    /// lease (standalone replication).
+    pub validity: Option<Validity>,
     /// The TXID the local database file is known to be at (e.g. a promoted
     /// replica): continue at the next one without a full image.
     pub known_position: Option<u64>,
@@ -136,6 +151,7 @@ impl ReplicatorConfig {
             db_path: db_path.into(),
             bucket,
             fence: None,
+            validity: None,
             known_position: None,
             poll_interval: Duration::from_millis(2),
             checkpoint_pages: 1000,
@@ -266,7 +282,12 @@ struct Shared {
     position: watch::Sender<Position>,
     failure: Mutex<Option<WalError>>,
     failed: AtomicBool,
+    /// Set (once) by `fail`: wakes everything that waits, on NATS or not.
+    halted: watch::Sender<bool>,
     stopping: AtomicBool,
+    /// The lease we ship under, and its epoch (0 without fencing).
+    validity: Option<Validity>,
+    epoch: u64,
     notified: AtomicBool,
     bytes_shipped: AtomicU64,
     page_bytes_shipped: AtomicU64,
@@ -283,9 +304,35 @@ impl Shared {
             *failure = Some(e);
         }
         self.failed.store(true, Ordering::SeqCst);
+        self.halted.send_replace(true);
         // Wake every waiter of the position so they see the failure.
         self.position.send_modify(|_| {});
         self.wake_uploader.notify_one();
+    }
+
+    /// `Err(Deposed)` once the lease we ship under is no longer valid.
+    fn check_valid(&self, what: &'static str) -> Result<(), WalError> {
+        match &self.validity {
+            Some(v) if !v.is_valid() => Err(WalError::Deposed {
+                epoch: self.epoch,
+                what,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Resolves when the replicator failed or was aborted.
+    async fn halted(&self) {
+        let mut rx = self.halted.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
+    }
+
+    /// Resolves when the lease's validity has ended (never without one).
+    async fn validity_ended(&self) {
+        match &self.validity {
+            Some(v) => validity_ended(v).await,
+            None => std::future::pending().await,
+        }
     }
 
     fn error(&self) -> Option<WalError> {
@@ -296,6 +343,10 @@ impl Shared {
                 current: *current,
             },
             WalError::Stopped(what) => WalError::Stopped(what),
+            WalError::Deposed { epoch, what } => WalError::Deposed {
+                epoch: *epoch,
+                what,
+            },
             other => WalError::Nats {
                 bucket: self.bucket.name().to_owned(),
                 action: "replicate".to_owned(),
@@ -309,14 +360,28 @@ impl Shared {
     }
 }
 
+/// Resolves once `v` is no longer valid (deadline passed or marked lost);
+/// re-reads it at least every 20 ms, as renewals move the deadline and a
+/// loss does not.
+pub(crate) async fn validity_ended(v: &Validity) {
+    while v.is_valid() {
+        let next = tokio::time::Instant::now() + Duration::from_millis(20);
+        tokio::time::sleep_until(v.valid_until().min(next)).await;
+    }
+}
+
 /// A running primary replicator; see the module docs.
 pub struct Replicator {
     shared: Arc<Shared>,
-    cmd: std_mpsc::Sender<Cmd>,
-    capture: Option<std::thread::JoinHandle<()>>,
-    uploader: Option<tokio::task::JoinHandle<()>>,
-    compactor: Option<tokio::task::JoinHandle<()>>,
+    cmd: Mutex<std_mpsc::Sender<Cmd>>,
+    capture: Mutex<Option<std::thread::JoinHandle<()>>>,
+    uploader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    compactor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     position: watch::Receiver<Position>,
+}
+
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 impl std::fmt::Debug for Replicator {
@@ -351,15 +416,43 @@ fn now_ms() -> i64 {
 impl Replicator {
     /// Recovers the position from the bucket (and `wal.head` with fencing),
     /// opens the database and starts shipping. Fails with
-    /// [`WalError::Fenced`] when a higher epoch holds `wal.head`.
+    /// [`WalError::Fenced`] when an equal or higher epoch holds `wal.head`.
     pub async fn start(config: ReplicatorConfig) -> Result<Replicator, WalError> {
+        let fence = match &config.fence {
+            Some(fc) => Some(Fence::acquire(fc.kv.clone(), &fc.key, fc.epoch).await?),
+            None => None,
+        };
+        Self::start_inner(config, fence).await
+    }
+
+    /// Like [`start`](Self::start), with `wal.head` already taken over by
+    /// `fence` (a new primary takes it before its catch-up, so nothing the
+    /// predecessor reserves afterwards can land unnoticed). `config.fence`
+    /// is ignored.
+    pub async fn start_fenced(
+        config: ReplicatorConfig,
+        fence: Fence,
+    ) -> Result<Replicator, WalError> {
+        Self::start_inner(config, Some(fence)).await
+    }
+
+    async fn start_inner(
+        config: ReplicatorConfig,
+        fence: Option<Fence>,
+    ) -> Result<Replicator, WalError> {
         let bucket = config.bucket.clone();
-        let mut fence = None;
-        let mut head_txid = 0;
-        if let Some(fc) = &config.fence {
-            let (f, found) = Fence::acquire(fc.kv.clone(), &fc.key, fc.epoch).await?;
-            head_txid = found.map_or(0, |h| h.txid);
-            fence = Some(f);
+        let head_txid = fence
+            .as_ref()
+            .and_then(Fence::previous)
+            .map_or(0, |h| h.txid);
+        let epoch = fence.as_ref().map_or(0, Fence::epoch);
+        if let Some(v) = &config.validity {
+            if !v.is_valid() {
+                return Err(WalError::Deposed {
+                    epoch: v.epoch(),
+                    what: "starting replication",
+                });
+            }
         }
         let mut bucket_max = max_txid(&bucket).await?;
         if head_txid > bucket_max {
@@ -418,7 +511,10 @@ impl Replicator {
             position: position_tx,
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
+            halted: watch::channel(false).0,
             stopping: AtomicBool::new(false),
+            validity: config.validity.clone(),
+            epoch: config.validity.as_ref().map_or(epoch, Validity::epoch),
             notified: AtomicBool::new(false),
             bytes_shipped: AtomicU64::new(0),
             page_bytes_shipped: AtomicU64::new(0),
@@ -467,18 +563,23 @@ impl Replicator {
             let compactor = Compactor::new(bucket.clone(), cc);
             let shared = shared.clone();
             tokio::spawn(async move {
+                // A deposed primary stops compacting too (its compactions
+                // only merge files already stored, but a new primary owns
+                // the bucket's retention from now on).
                 let failed = move || {
-                    shared.failed.load(Ordering::SeqCst) || shared.stopping.load(Ordering::SeqCst)
+                    shared.failed.load(Ordering::SeqCst)
+                        || shared.stopping.load(Ordering::SeqCst)
+                        || shared.check_valid("compaction").is_err()
                 };
                 compactor.run(failed).await;
             })
         });
         Ok(Replicator {
             shared,
-            cmd: cmd_tx,
-            capture: Some(capture),
-            uploader: Some(uploader),
-            compactor,
+            cmd: Mutex::new(cmd_tx),
+            capture: Mutex::new(Some(capture)),
+            uploader: Mutex::new(Some(uploader)),
+            compactor: Mutex::new(compactor),
             position: position_rx,
         })
     }
@@ -487,28 +588,36 @@ impl Replicator {
     /// commit hook). Without it, the WAL is still polled.
     pub fn notify(&self) {
         if !self.shared.notified.swap(true, Ordering::AcqRel) {
-            let _ = self.cmd.send(Cmd::Notify);
+            self.send(Cmd::Notify);
         }
     }
 
+    fn send(&self, cmd: Cmd) -> bool {
+        let tx = self.cmd.lock().unwrap_or_else(|p| p.into_inner());
+        tx.send(cmd).is_ok()
+    }
+
+    fn stopped_error(&self) -> WalError {
+        self.shared
+            .error()
+            .unwrap_or(WalError::Stopped("replicator"))
+    }
+
     /// Returns once every transaction committed before the call is stored
-    /// in the bucket; yields the TXID stored.
+    /// in the bucket (and acknowledged while the lease was valid: the ack
+    /// gate); yields the TXID stored. Fails at once when the replicator
+    /// fails or is aborted, whatever NATS is doing.
     pub async fn sync(&self) -> Result<u64, WalError> {
         let (tx, rx) = oneshot::channel();
-        if self.cmd.send(Cmd::Capture(tx)).is_err() {
-            return Err(self
-                .shared
-                .error()
-                .unwrap_or(WalError::Stopped("replicator")));
+        if !self.send(Cmd::Capture(tx)) {
+            return Err(self.stopped_error());
         }
-        let target = match rx.await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(self
-                    .shared
-                    .error()
-                    .unwrap_or(WalError::Stopped("replicator")))
-            }
+        let target = tokio::select! {
+            r = rx => match r {
+                Ok(r) => r?,
+                Err(_) => return Err(self.stopped_error()),
+            },
+            () = self.shared.halted() => return Err(self.stopped_error()),
         };
         self.wait_shipped(target).await
     }
@@ -553,49 +662,109 @@ impl Replicator {
 
     /// Ships everything committed, stops, and releases the read
     /// transaction. Returns the final position, or the error that stopped
-    /// replication earlier.
-    pub async fn stop(mut self) -> Result<Position, WalError> {
-        let flushed = if self.shared.error().is_none() {
-            self.sync().await
+    /// replication earlier. See [`finish`](Self::finish).
+    pub async fn stop(self) -> Result<Position, WalError> {
+        self.finish().await
+    }
+
+    /// Graceful stop, bounded by the lease: ships everything committed,
+    /// then stops the workers and releases the read transaction. If the
+    /// lease's validity ends first (NATS slow or unreachable), gives up —
+    /// aborts as [`abort`](Self::abort) does — and returns
+    /// [`WalError::Deposed`]; the caller then takes the lease-lost path.
+    /// Without a lease it waits as long as the upload keeps retrying.
+    pub async fn finish(&self) -> Result<Position, WalError> {
+        let flushed = if let Some(e) = self.shared.error() {
+            Err(e)
         } else {
-            Err(self
-                .shared
-                .error()
-                .unwrap_or(WalError::Stopped("replicator")))
+            tokio::select! {
+                r = self.sync() => r,
+                () = self.shared.validity_ended() => Err(WalError::Deposed {
+                    epoch: self.shared.epoch,
+                    what: "the final flush was not stored before the lease's validity ended",
+                }),
+            }
         };
-        self.shutdown().await;
-        flushed?;
+        if let Err(e) = flushed {
+            self.shared.fail(e);
+            let e = self.stopped_error();
+            self.abort_workers();
+            return Err(e);
+        }
+        // Everything is stored: the uploader exits on an empty batch.
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake_uploader.notify_one();
+        if let Some(mut uploader) = take(&self.uploader) {
+            tokio::select! {
+                _ = &mut uploader => {}
+                () = self.shared.validity_ended() => {
+                    uploader.abort();
+                    self.shared.fail(WalError::Deposed {
+                        epoch: self.shared.epoch,
+                        what: "the final flush was not stored before the lease's validity ended",
+                    });
+                }
+            }
+        }
+        if let Some(compactor) = take(&self.compactor) {
+            compactor.abort();
+            let _ = compactor.await;
+        }
+        self.send(Cmd::Exit);
+        if let Some(capture) = take(&self.capture) {
+            let _ = tokio::task::spawn_blocking(move || capture.join()).await;
+        }
+        if let Some(e) = self.shared.error() {
+            return Err(e);
+        }
         let position = *self.position.borrow();
         Ok(position)
     }
 
-    async fn shutdown(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.wake_uploader.notify_one();
-        if let Some(uploader) = self.uploader.take() {
-            let _ = uploader.await;
+    /// Resolves when the lease this replicator ships under has ended
+    /// (never without a lease).
+    pub(crate) async fn lease_ended(&self) {
+        self.shared.validity_ended().await;
+    }
+
+    /// Lease lost: stops at once without waiting on NATS. Every `sync()`
+    /// in flight (and later) fails with [`WalError::Deposed`]; an upload in
+    /// flight is abandoned (it may still land — the new primary's catch-up
+    /// or full image covers it — but it is never acknowledged). The capture
+    /// thread exits on its own and releases the read transaction.
+    pub fn abort(&self) {
+        self.shared.fail(WalError::Deposed {
+            epoch: self.shared.epoch,
+            what: "replication aborted: the lease was lost",
+        });
+        self.abort_workers();
+    }
+
+    fn abort_workers(&self) {
+        if let Some(u) = take(&self.uploader) {
+            u.abort();
         }
-        if let Some(compactor) = self.compactor.take() {
-            compactor.abort();
-            let _ = compactor.await;
+        if let Some(c) = take(&self.compactor) {
+            c.abort();
         }
-        let _ = self.cmd.send(Cmd::Exit);
-        if let Some(capture) = self.capture.take() {
-            let _ = tokio::task::spawn_blocking(move || capture.join()).await;
-        }
+        self.send(Cmd::Exit);
+        // The capture thread is not joined: it sees `Exit` (or `failed`)
+        // within one poll interval and ends its read transaction itself.
+        drop(take(&self.capture));
     }
 }
 
 impl Drop for Replicator {
     fn drop(&mut self) {
         // Dropped without stop(): stop the workers; the thread releases
-        // the read transaction when it sees Exit.
+        // the read transaction when it sees Exit. The uploader drains the
+        // batch (bounded by the lease's validity, if any) and exits.
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.wake_uploader.notify_one();
-        if let Some(c) = self.compactor.take() {
+        if let Some(c) = take(&self.compactor) {
             c.abort();
         }
-        let _ = self.cmd.send(Cmd::Exit);
+        self.send(Cmd::Exit);
     }
 }
 
@@ -1114,16 +1283,27 @@ async fn upload_loop(shared: Arc<Shared>, mut fence: Option<Fence>) {
             if shared.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            shared.wake_uploader.notified().await;
+            tokio::select! {
+                () = shared.wake_uploader.notified() => {}
+                () = shared.halted() => return,
+            }
             continue;
         }
-        match upload(&shared, &mut fence, &batch).await {
+        let stored = tokio::select! {
+            r = upload(&shared, &mut fence, &batch) => r,
+            // Aborted (lease lost): abandon the put on the wire; it is
+            // never acknowledged (nothing advances the position below).
+            () = shared.halted() => return,
+        };
+        match stored.and_then(|()| ack_gate(&shared)) {
             Ok(()) => {
                 backoff = Duration::from_millis(20);
                 let (frames, bytes) = {
                     let b = shared.lock_batch();
                     (b.frames, b.page_bytes())
                 };
+                // The only place `txid` moves forward: what `sync()` and
+                // `commit_synced()` acknowledge.
                 shared.position.send_modify(|p| {
                     p.txid = batch.max_txid;
                     p.shipped_at = Some(SystemTime::now());
@@ -1131,7 +1311,7 @@ async fn upload_loop(shared: Arc<Shared>, mut fence: Option<Fence>) {
                     p.pending_bytes = bytes;
                 });
             }
-            Err(e @ WalError::Fenced { .. }) => {
+            Err(e @ (WalError::Fenced { .. } | WalError::Deposed { .. })) => {
                 shared.fail(e);
                 return;
             }
@@ -1141,12 +1321,62 @@ async fn upload_loop(shared: Arc<Shared>, mut fence: Option<Fence>) {
                     return;
                 }
                 tracing::warn!(error = %e, retry_in = ?backoff, "upload failed; retrying");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shared.halted() => return,
+                    () = shared.validity_ended() => {
+                        shared.fail(WalError::Deposed {
+                            epoch: shared.epoch,
+                            what: "retrying an upload",
+                        });
+                        return;
+                    }
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 failed_batch = Some(batch);
             }
         }
     }
+}
+
+/// The ack gate: a stored file counts as shipped — and the commits in it
+/// may be acknowledged by `sync()` / `commit_synced()` — only if our lease
+/// is still valid *after* the put was acknowledged.
+///
+/// Why that makes an acknowledged commit survive a takeover (DESIGN §4.1,
+/// §4.7). Let A be this primary, its validity ending at `V_A = t_sent(last
+/// acknowledged renew) + deadline`, and B the successor.
+///
+/// 1. A acknowledges a file only after this check passed at some `t_c`
+///    with `t_c < V_A`; the check runs after the put's ack was received,
+///    and the server stored the file before acking it: `t_stored < t_c <
+///    V_A`.
+/// 2. The server keeps A's lease key until `t_stored(renew) + ttl >
+///    t_sent(renew) + ttl > V_A` (`ttl > deadline`; the margin `ttl −
+///    deadline`, 0.6 s at the defaults, absorbs clock-rate differences and
+///    the server's expiry tick only makes it later). B can only win by a
+///    conditional write after the key expired or was deleted by A's
+///    release, which A sends after its replicator stopped. So B's win is at
+///    `t_win > V_A`.
+/// 3. B, becoming active, takes `wal.head` first, then catches up to the
+///    bucket's maximum with a fresh listing at `t_list > t_win`, then
+///    starts replicating (a full image if the bucket moved past its
+///    catch-up). Hence `t_stored < V_A < t_win < t_list`: every file A
+///    acknowledged is in B's catch-up, so in B's database.
+///
+/// A file A stored but did not acknowledge (its put was reserved before
+/// B's takeover and landed after B's listing) may be missing from B's
+/// database: B starts above it (`wal.head` told B its TXIDs) with a full
+/// image, so it never mixes with B's files; its commits were never
+/// acknowledged as synced. After B's takeover A's reservations fail by
+/// compare-and-set (server-enforced, independent of A's clock), and A's
+/// own checks below refuse to reserve or put once `V_A` passed.
+///
+/// The argument relies on A's monotonic clock not running slower than the
+/// server's by more than the margin over one lease period — the same
+/// assumption the lease itself makes.
+fn ack_gate(shared: &Shared) -> Result<(), WalError> {
+    shared.check_valid("acknowledging a stored file after the lease's validity ended")
 }
 
 fn encode_batch(batch: &Batch, min_txid: u64) -> Result<Vec<u8>, WalError> {
@@ -1180,13 +1410,18 @@ fn encode_batch(batch: &Batch, min_txid: u64) -> Result<Vec<u8>, WalError> {
 
 async fn upload(shared: &Shared, fence: &mut Option<Fence>, batch: &Batch) -> Result<(), WalError> {
     let bytes = Bytes::from(encode_batch(batch, batch.min_txid)?);
+    // Invariant: no reservation and no put without a valid lease; the
+    // checks are local (no NATS round trip) and run right before each call.
+    shared.check_valid("reserving TXIDs")?;
     if let Some(f) = fence {
         f.reserve(batch.max_txid).await?;
     }
     if batch.snapshot {
         let snap = Bytes::from(encode_batch(batch, 1)?);
+        shared.check_valid("storing a snapshot")?;
         shared.bucket.put(SNAPSHOT_LEVEL, snap).await?;
     }
+    shared.check_valid("storing an LTX file")?;
     let len = bytes.len() as u64;
     shared.bucket.put(0, bytes).await?;
     shared.bytes_shipped.fetch_add(len, Ordering::Relaxed);
