@@ -1,10 +1,11 @@
 //! The chaos suites in a bounded CI form (fixed seeds, 15 s of workload
 //! each, run one at a time), and proof that every checker can fail.
 //!
-//! Suites that the current runtime fails are `#[ignore]`d with the reason;
-//! run them with `cargo test -p cluster-testing --test chaos -- --ignored`.
-//! Flip them (remove the `ignore`) once the runtime fixes land: RPC gating
-//! on lease validity, fenced KV writes, demotion before serving again.
+//! Before the runtime gated API calls on lease validity and fenced the
+//! singleton's KV writes, the counter, register and nats suites failed
+//! here (seed 1, 30 s: 558 duplicate acknowledged counts; 1564 writes
+//! stored by a node without a valid lease; overlapping holders) — the
+//! checkers below can fail, and did.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -72,22 +73,12 @@ async fn assert_suite_passes(suite: Suite, seed: u64) {
     );
 }
 
-// FAILS on the current runtime (recorded 2025-12 on wip-jepsen: seed 1,
-// 30 s → 558 duplicate acknowledged counts, not linearizable): a paused
-// active resumes and serves while its successor serves too, and quickstart's
-// KV writes are not fenced. Remove the ignore once those fixes land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on the current runtime: duplicate acknowledged counts after SIGSTOP/SIGCONT of the active"]
 async fn counter_suite_is_linearizable_under_faults() {
     assert_suite_passes(Suite::Counter, 1).await;
 }
 
-// FAILS on the current runtime (seed 1, 20 s: 1564 writes stored by a
-// node without a valid lease, 1 stale-epoch write stored after a newer
-// one, 1 overlap of two holders' executions). Remove the ignore once RPC
-// gating and fenced KV writes land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on the current runtime: unfenced and stale-epoch KV writes, overlapping executions"]
 async fn register_suite_is_linearizable_fenced_and_exclusive() {
     assert_suite_passes(Suite::Register, 2).await;
 }
@@ -97,11 +88,7 @@ async fn set_suite_loses_no_acknowledged_add() {
     assert_suite_passes(Suite::Set, 3).await;
 }
 
-// FAILS on the current runtime, like the register suite (seed 1, 30 s:
-// 745 writes without a valid lease stored, 1 execution overlap; the KV
-// stream read also had gaps across server kills → unverified).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on the current runtime: unfenced KV writes, overlapping executions"]
 async fn nats_suite_survives_server_kills() {
     assert_suite_passes(Suite::Nats, 4).await;
 }

@@ -190,9 +190,26 @@ impl StreamWatch {
     pub async fn start(js: &jetstream::Context, bucket: &str, key: &str) -> Result<Self, String> {
         let stream_name = format!("KV_{bucket}");
         // Fail early if the bucket does not exist yet.
-        js.get_stream(&stream_name)
+        let mut stream = js
+            .get_stream(&stream_name)
             .await
             .map_err(|e| format!("stream {stream_name}: {e}"))?;
+        // Keep every revision (a KV bucket keeps at most 64 per key): a
+        // consumer recreated after a server loss then resumes where it
+        // stopped and misses nothing. The app's reads are unaffected (KV
+        // reads the last revision); only the observation gets complete.
+        let mut config = stream
+            .info()
+            .await
+            .map_err(|e| format!("stream {stream_name}: {e}"))?
+            .config
+            .clone();
+        if config.max_messages_per_subject != -1 {
+            config.max_messages_per_subject = -1;
+            js.update_stream(config)
+                .await
+                .map_err(|e| format!("keep the history of {stream_name}: {e}"))?;
+        }
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen {
             complete: true,
             ..Seen::default()
