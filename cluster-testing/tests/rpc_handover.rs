@@ -1,7 +1,10 @@
 //! Many graceful hand-overs under a continuous stream of calls: no call may
-//! fail. This guards the subscription drain (third_party/async-nats): before
-//! the fix, about one hand-over in 60 lost the request in flight and its
-//! caller waited for the whole deadline.
+//! fail. This guards how a route stops (`rpc::server::run_route`: a counted
+//! unsubscribe and closing messages) on the stock crates.io async-nats: with
+//! a plain drain, async-nats 0.51 and 0.52 forget the subscription before
+//! the requests routed to it ahead of the UNSUB arrive, and about one
+//! hand-over in 60 lost its request (3 runs of 3 failed that way before
+//! the change, 11 of 11 passed after).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

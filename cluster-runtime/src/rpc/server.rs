@@ -5,12 +5,14 @@
 //! - **Serving is proven before it is announced.** `serve_*` and `start`
 //!   return only after a request/reply round trip on the same connection
 //!   following the SUB, so the server has the subscription.
-//! - **Stopping is clean.** `stop_*` unsubscribes first (a drain: UNSUB, then
-//!   a PING round trip, so every request the server routed here before the
-//!   UNSUB is received), serves what was received, and waits for in-flight
-//!   calls up to [`ServerOptions::drain_timeout`]; calls still running then
-//!   are aborted (they never reply). When `stop_*` returns, no handler of
-//!   that route runs any more.
+//! - **Stopping loses no request.** `stop_*` unsubscribes first — a counted
+//!   `UNSUB sid max` followed by closing messages, so server and client drop
+//!   the subscription after the same delivery and every request the server
+//!   routed here is received (this needs no patched async-nats; see
+//!   `run_route`) — serves what was received, and waits for in-flight calls
+//!   up to [`ServerOptions::drain_timeout`]; calls still running then are
+//!   aborted (they never reply). When `stop_*` returns, no handler of that
+//!   route runs any more.
 //! - **Bounded work.** At most [`ServerOptions::max_in_flight`] calls run at
 //!   once per server; beyond that the server stops reading its subscriptions
 //!   and NATS buffers (and eventually drops, as for any slow consumer).
@@ -695,8 +697,46 @@ fn spawn_route<C: Clone + Send + Sync + 'static>(
     RouteHandle { stop, task }
 }
 
+/// How many closing messages a stopping route publishes after its
+/// count-limited unsubscribe (see [`run_route`]): more than can be in flight
+/// to it while the unsubscribe travels to the server.
+const CLOSING_MESSAGES: u64 = 1024;
+
+/// Closing messages are published in batches of this many, one batch per
+/// millisecond, at most this many batches per stop.
+const CLOSING_BATCH: u64 = 256;
+const CLOSING_BATCHES_MAX: u64 = 64;
+
+/// The last subject token of closing messages (`_close_<id>`); never a
+/// method name, so no node serves one.
+const CLOSING_TOKEN: &str = "_close_";
+
+/// Whether `subject` is a closing message of some route (skipped by every
+/// route: nobody replies to them).
+fn is_closing(subject: &str) -> bool {
+    subject
+        .rsplit('.')
+        .next()
+        .is_some_and(|t| t.starts_with(CLOSING_TOKEN))
+}
+
 /// One subscription's loop: read, take a permit, spawn the call; on stop,
-/// drain the subscription and the in-flight calls.
+/// close the subscription without losing a request, serve what was
+/// received, and wait for the calls in flight.
+///
+/// Closing without loss, on any async-nats: a plain UNSUB lets the client
+/// forget the subscription before the messages the server routed to it
+/// ahead of the UNSUB have arrived, and those requests would vanish (their
+/// callers wait out their deadline). Instead the route sends `UNSUB sid
+/// max` with `max = received + CLOSING_MESSAGES` and then publishes
+/// `CLOSING_MESSAGES` closing messages on a subject the subscription
+/// matches. Server and client count the same deliveries on the sid, and
+/// both drop it once `max` were delivered: every request the server routed
+/// here is received (and served, or refused with `not_executed` by the
+/// gates), and later ones go elsewhere. The closing messages make the count
+/// reach `max` promptly. If none of ours arrived, more than
+/// `CLOSING_MESSAGES` were in flight at the unsubscribe and some could have
+/// been lost: that is logged.
 async fn run_route<C: Clone + Send + Sync + 'static>(
     shared: Arc<Shared<C>>,
     route: Route,
@@ -707,6 +747,9 @@ async fn run_route<C: Clone + Send + Sync + 'static>(
     let mut calls = JoinSet::new();
     let mut waiting: Option<(Message, Instant)> = None;
     let mut closed = false;
+    // Messages taken from the subscription (the client's delivery count of
+    // the sid is at least this).
+    let mut received = 0u64;
     loop {
         let msg = tokio::select! {
             biased;
@@ -719,6 +762,10 @@ async fn run_route<C: Clone + Send + Sync + 'static>(
             closed = true;
             break;
         };
+        received += 1;
+        if is_closing(&msg.subject) {
+            continue;
+        }
         let arrived = Instant::now();
         let permit = tokio::select! {
             biased;
@@ -744,19 +791,58 @@ async fn run_route<C: Clone + Send + Sync + 'static>(
         }
     }
 
-    // Stop: unsubscribe first. `drain` sends UNSUB then PING; the stream ends
-    // at the PONG, after every message the server sent before the UNSUB.
+    // Stop. Take what the client already holds for us, then the counted
+    // unsubscribe and the closing messages (see above).
     let drain_until = tokio::time::Instant::now() + shared.opts.drain_timeout;
+    let mut buffered: std::collections::VecDeque<(Message, Instant)> =
+        waiting.into_iter().collect();
+    let closing_subject = format!("{prefix}{CLOSING_TOKEN}{}", nuid::next());
     if !closed {
-        if let Err(e) = sub.drain().await {
+        while let Some(next) = sub.next().now_or_never() {
+            match next {
+                Some(msg) => {
+                    received += 1;
+                    if !is_closing(&msg.subject) {
+                        buffered.push_back((msg, Instant::now()));
+                    }
+                }
+                None => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+    }
+    if !closed {
+        if let Err(e) = sub.unsubscribe_after(received + CLOSING_MESSAGES).await {
             tracing::warn!(app = %shared.app, ?route, error = %e, "could not unsubscribe");
         }
     }
-    let mut buffered: Vec<(Message, Instant)> = waiting.into_iter().collect();
+    // In a queue group only a share of the closing messages reaches this
+    // member: keep publishing (in batches, capped) until the subscription
+    // has closed.
+    let closer = (!closed).then(|| {
+        let client = shared.client.clone();
+        let subject = closing_subject.clone();
+        tokio::spawn(async move {
+            for _ in 0..CLOSING_BATCHES_MAX {
+                for _ in 0..CLOSING_BATCH {
+                    if client.publish(subject.clone(), Bytes::new()).await.is_err() {
+                        return;
+                    }
+                }
+                if client.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    });
+    let mut ours_seen = 0u64;
     let finished = tokio::time::timeout_at(drain_until, async {
         loop {
-            // Serve requests received before the UNSUB took effect.
-            let next = match buffered.pop() {
+            // Serve requests received before the unsubscribe took effect.
+            let next = match buffered.pop_front() {
                 Some(m) => Some(m),
                 None if closed => None,
                 None => tokio::select! {
@@ -766,6 +852,12 @@ async fn run_route<C: Clone + Send + Sync + 'static>(
                 },
             };
             let Some((msg, arrived)) = next else { break };
+            if is_closing(&msg.subject) {
+                if msg.subject.as_str() == closing_subject {
+                    ours_seen += 1;
+                }
+                continue;
+            }
             let Ok(permit) = Arc::clone(&shared.permits).acquire_owned().await else {
                 break;
             };
@@ -781,6 +873,17 @@ async fn run_route<C: Clone + Send + Sync + 'static>(
         while calls.join_next().await.is_some() {}
     })
     .await;
+    if let Some(closer) = closer {
+        closer.abort();
+    }
+    if !closed && finished.is_ok() && ours_seen == 0 {
+        tracing::warn!(
+            app = %shared.app,
+            ?route,
+            margin = CLOSING_MESSAGES,
+            "more requests were in flight than the closing margin when this route stopped; some may have been lost"
+        );
+    }
     if finished.is_err() {
         tracing::warn!(
             app = %shared.app,
@@ -791,6 +894,9 @@ async fn run_route<C: Clone + Send + Sync + 'static>(
         calls.shutdown().await;
         // Requests still queued get a clear refusal instead of a timeout.
         while let Some(Some(msg)) = sub.next().now_or_never() {
+            if is_closing(&msg.subject) {
+                continue;
+            }
             reply_error(
                 &shared,
                 &msg,
