@@ -46,10 +46,6 @@ impl LeaderRecord {
     }
 }
 
-/// How long a demotion after a lost lease waits for the API subscription's
-/// drain to be confirmed by the server (which a cut-off node never gets).
-const UNSERVE_WAIT_WHEN_LOST: Duration = Duration::from_millis(20);
-
 /// How an active period ended.
 enum Ended {
     /// Lease lost (expired or taken): try again at once.
@@ -359,7 +355,8 @@ impl Election {
         };
         if lease_lost {
             close();
-            let _ = tokio::time::timeout(UNSERVE_WAIT_WHEN_LOST, self.inst.unserve()).await;
+            let _ =
+                tokio::time::timeout(crate::rpc::STOP_WAIT_WHEN_LOST, self.inst.unserve()).await;
             self.inst.activation.deactivate(true).await;
         } else {
             tokio::select! {

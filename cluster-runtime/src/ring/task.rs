@@ -538,7 +538,14 @@ impl RingTask {
         ring.mark_released(&parts);
         ring.set_validity(None);
         let late = lapsed_at(&lease);
-        self.inst.rpc.stop_partitions(parts.iter().copied()).await;
+        // Nothing waits on NATS once the lease is lost: the gate already
+        // refuses these partitions' calls (`Ring::owns` is false), so the
+        // unsubscribes finish in the background.
+        let _ = tokio::time::timeout(
+            crate::rpc::STOP_WAIT_WHEN_LOST,
+            self.inst.rpc.stop_partitions(parts.iter().copied()),
+        )
+        .await;
         if !parts.is_empty() {
             self.inst
                 .record_ownership(OwnershipChange::Release, &parts, Vec::new(), late);

@@ -71,5 +71,6 @@ pub use codec::{Codec, CodecError};
 pub use error::{HandlerError, RpcError};
 pub use handler::{Handlers, RawRequest};
 pub use request::{RequestInfo, Route, TraceContext};
+pub(crate) use server::STOP_WAIT_WHEN_LOST;
 pub use server::{ApiMode, RpcServer, ServeError, ServerOptions};
 pub use wire::{ErrorBody, ErrorCode};

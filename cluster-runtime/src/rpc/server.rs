@@ -47,6 +47,11 @@ use prometheus::Histogram;
 use std::collections::HashMap;
 use tracing::Instrument;
 
+/// How long a demotion after a lost lease waits for a route to stop (the
+/// gates already refuse its calls; a cut-off node must not wait on NATS):
+/// the rest of the stop goes on in the background.
+pub(crate) const STOP_WAIT_WHEN_LOST: Duration = Duration::from_millis(20);
+
 /// How long `start`/`serve_*` wait for the round trip that proves a
 /// subscription.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -813,9 +818,22 @@ async fn run_route<C: Clone + Send + Sync + 'static>(
             }
         }
     }
+    // Cut off from the server, nothing more can arrive on this connection:
+    // drop the subscription; there is nothing to count.
+    let connected = shared.client.connection_state() == async_nats::connection::State::Connected;
+    if !closed && !connected {
+        let _ = tokio::time::timeout_at(drain_until, sub.unsubscribe()).await;
+        closed = true;
+    }
     if !closed {
-        if let Err(e) = sub.unsubscribe_after(received + CLOSING_MESSAGES).await {
-            tracing::warn!(app = %shared.app, ?route, error = %e, "could not unsubscribe");
+        let unsubscribed = tokio::time::timeout_at(
+            drain_until,
+            sub.unsubscribe_after(received + CLOSING_MESSAGES),
+        )
+        .await;
+        if !matches!(unsubscribed, Ok(Ok(()))) {
+            tracing::warn!(app = %shared.app, ?route, "could not unsubscribe");
+            closed = true;
         }
     }
     // In a queue group only a share of the closing messages reaches this
