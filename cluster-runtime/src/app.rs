@@ -629,6 +629,10 @@ pub struct AppState {
     pub leader: Option<String>,
     /// The epoch (fencing token) of the current leader, if known.
     pub epoch: Option<u64>,
+    /// Why the app cannot take part right now (e.g. its election key
+    /// cannot be read), while that lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The data and observability parts of a context, made by the platform.

@@ -124,9 +124,14 @@ impl Election {
                 watch = self.key.watch().await.ok().map(|w| Box::pin(w) as KeyWatch);
             }
             let mut next = match self.key.read().await {
-                Ok(state) => Some(state),
+                Ok(state) => {
+                    self.inst.set_problem(None);
+                    Some(state)
+                }
                 Err(e) => {
                     complain.warn(&e, "cannot read the election key; retrying");
+                    self.inst
+                        .set_problem(Some(format!("cannot read the election key: {e}")));
                     None
                 }
             };
@@ -179,6 +184,9 @@ impl Election {
                                     Err(e) => {
                                         complain
                                             .warn(&e, "cannot acquire the election key; retrying");
+                                        self.inst.set_problem(Some(format!(
+                                            "cannot write the election key: {e}"
+                                        )));
                                         tokio::time::sleep(Duration::from_millis(100)).await;
                                         continue 'outer;
                                     }

@@ -265,6 +265,19 @@ impl Instance {
         }
     }
 
+    /// Records (or clears) why the app cannot take part: shown in
+    /// `/status`, and `/ready` fails while it lasts.
+    pub(crate) fn set_problem(&self, problem: Option<String>) {
+        if problem.is_some() {
+            self.ctx.observe().metrics.election_error(&self.app.name);
+        }
+        self.state.send_if_modified(|s| {
+            let changed = s.problem != problem;
+            s.problem = problem;
+            changed
+        });
+    }
+
     /// Queues `on_standby` (a notification: never awaited by the election).
     pub(crate) fn queue_standby_hook(&self) {
         if let Some(f) = &self.app.hooks.on_standby {

@@ -238,6 +238,7 @@ impl PlatformBuilder {
                 role: Role::Pending,
                 leader: None,
                 epoch: None,
+                problem: None,
             });
             let (cmd_tx, cmd_rx) = mpsc::channel(8);
             let replicated = match &app.ops.sqlite {
@@ -566,6 +567,9 @@ pub struct AppStatus {
     pub lease_ttl_ms: u64,
     /// Ring partitions owned here (ring apps).
     pub partitions: Vec<u32>,
+    /// Why the app cannot take part right now, while that lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 pub use crate::observe::CheckStatus;
@@ -751,6 +755,7 @@ pub(crate) async fn status(shared: &Shared) -> Status {
                     role: s.role,
                     leader: s.leader,
                     epoch: s.epoch,
+                    problem: s.problem.clone(),
                     lease_ttl_ms: h.app.lease.ttl.as_millis() as u64,
                     partitions: h.ctx.ring().owned().as_slice().to_vec(),
                 },
@@ -783,6 +788,13 @@ pub(crate) fn readiness(shared: &Shared) -> std::result::Result<(), String> {
         .find(|(_, h)| h.state.borrow().role == Role::Pending)
     {
         return Err(format!("app `{name}` has not started"));
+    }
+    if let Some((name, problem)) = shared
+        .apps
+        .iter()
+        .find_map(|(name, h)| h.state.borrow().problem.clone().map(|p| (name, p)))
+    {
+        return Err(format!("app `{name}`: {problem}"));
     }
     if let Some((check, message)) = shared.observe.health.critical_failure() {
         return Err(format!("critical check `{check}` failing: {message}"));

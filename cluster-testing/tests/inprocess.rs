@@ -355,3 +355,54 @@ async fn dropping_a_platform_stops_it() {
     );
     second.shutdown().await;
 }
+
+/// An app that cannot elect says so: when its coordination bucket is gone
+/// (deleted under it), the election's reads fail — `/status` names the
+/// problem, `/ready` fails with it, and `gc_election_errors_total` counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_cannot_elect_is_not_ready_and_says_why() {
+    use cluster_runtime::nats_server::http_get;
+
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let mut c = config(&server.url(), "n1");
+    c.health_addr = Some("127.0.0.1:0".parse().expect("addr"));
+    let platform = Platform::builder()
+        .config(c)
+        .node_lease(LeaseTiming::from_ttl(Duration::from_secs(1)).expect("timing"))
+        .app(singleton())
+        .start()
+        .await
+        .expect("start");
+    let port = platform.health_addr().expect("bound").port();
+    let ctx = platform.app("counter").expect("app");
+    wait_until("active", Duration::from_secs(10), || ctx.is_active()).await;
+    let (code, _) = http_get(port, "/ready").await.expect("ready");
+    assert_eq!(code, 200);
+
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream("KV_t_counter_coord")
+        .await
+        .expect("delete the coordination bucket");
+    let state = ctx.watch_state();
+    wait_until("a problem reported", Duration::from_secs(10), || {
+        state.borrow().problem.is_some()
+    })
+    .await;
+    assert!(!ctx.is_active());
+    let (code, body) = http_get(port, "/ready").await.expect("ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("election key"), "{body}");
+    let (_, status) = http_get(port, "/status").await.expect("status");
+    assert!(status.contains("cannot read the election key"), "{status}");
+    let (_, metrics) = http_get(port, "/metrics").await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gc_election_errors_total{") && l.contains("counter")),
+        "{metrics}"
+    );
+    platform.shutdown().await;
+}

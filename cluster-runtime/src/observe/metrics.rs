@@ -65,6 +65,7 @@ struct Inner {
     health: IntGaugeVec,
     partitions: IntGaugeVec,
     audit_dropped: IntCounterVec,
+    election_errors: IntCounterVec,
     backend_up: IntGaugeVec,
     vip_held: IntGaugeVec,
     activation_step: HistogramVec,
@@ -175,6 +176,11 @@ impl Metrics {
                 "Automatic audit entries dropped because the publisher queue was full",
                 &["platform"],
             )?,
+            election_errors: counter(
+                "gc_election_errors_total",
+                "Failed reads or writes of the app's election key (the app cannot become active while they last)",
+                &["platform", "app"],
+            )?,
             backend_up: gauge(
                 "gc_backend_up",
                 "1 while this node runs the app's managed backend and it is healthy, else 0",
@@ -265,6 +271,13 @@ impl Metrics {
             .health
             .with_label_values(&[&self.inner.platform, node, check])
             .set(i64::from(ok));
+    }
+
+    pub(crate) fn election_error(&self, app: &str) {
+        self.inner
+            .election_errors
+            .with_label_values(&[&self.inner.platform, app])
+            .inc();
     }
 
     pub(crate) fn audit_dropped(&self) {
