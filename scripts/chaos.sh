@@ -4,7 +4,7 @@
 # lost adds, overlapping executions and stale-epoch writes. Prints one JSON
 # line per suite; exits non-zero if any suite found a violation or could
 # not verify. A failing run's history is saved and its path printed.
-#   scripts/chaos.sh [--seconds N] [--seed S] [--suite counter|register|set|nats|all]
+#   scripts/chaos.sh [--seconds N] [--seed S] [--suite counter|register|set|nats|ring|all]
 #
 # Debug build on purpose: the workspace's target/ is kept warm in debug by
 # every test run, a release build would compile the whole tree again on a

@@ -22,6 +22,9 @@ use cluster_testing::jepsen::set;
 /// Seconds of workload per suite in CI.
 const SECONDS: u64 = 15;
 
+/// The ring suite's CI seed.
+const RING_SEED: u64 = 1;
+
 /// One suite at a time: they share 2 cores with the rest of the tests.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -53,8 +56,12 @@ fn binaries() -> Binaries {
 }
 
 async fn assert_suite_passes(suite: Suite, seed: u64) {
+    assert_suite_passes_for(suite, seed, SECONDS).await;
+}
+
+async fn assert_suite_passes_for(suite: Suite, seed: u64, seconds: u64) {
     let _one_at_a_time = SERIAL.lock().await;
-    let cfg = RunConfig::new(suite, seed, SECONDS, binaries());
+    let cfg = RunConfig::new(suite, seed, seconds, binaries());
     let report = runner::run(&cfg).await.expect("the run takes place");
     let line = serde_json::to_string(&report).expect("report json");
     eprintln!("{line}");
@@ -91,6 +98,16 @@ async fn set_suite_loses_no_acknowledged_add() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_suite_survives_server_kills() {
     assert_suite_passes(Suite::Nats, 4).await;
+}
+
+/// Ring faults (owner kill, owner pause past the TTL, pause-kill-successor,
+/// SIGTERM, spare joins and leaves) against `kvring`: per-key
+/// linearizability, per-key partition-token fencing, per-partition
+/// execution overlap. 30 s: joins and leaves need room among the faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "ring KV writes are not fenced by the server: a deposed owner resumed from SIGSTOP stores its write (old partition token) after the new owner's, and the next owner loads it; seed 1, 30 s: 4 violations (2 stale-token writes, keys k2 and k14 not linearizable: an acknowledged cas lost); see docs/chaos.md"]
+async fn ring_suite_is_linearizable_fenced_and_exclusive_per_key() {
+    assert_suite_passes_for(Suite::Ring, RING_SEED, 30).await;
 }
 
 // ---- Every checker can fail: known-bad histories. ----
@@ -196,6 +213,7 @@ fn exec_checker_reports_two_valid_holders_at_once() {
         app: "register".into(),
         method: "write".into(),
         epoch: Some(epoch),
+        partition: None,
         start_ns: s,
         end_ns: t,
         active_at_start: true,
@@ -203,9 +221,69 @@ fn exec_checker_reports_two_valid_holders_at_once() {
         // lease throughout (one that found itself deposed at its end is a
         // paused handler whose effects the fence refuses).
         active_at_end: true,
+        cancelled: false,
     };
     let overlaps = exec::check(&[e("n1", 1, 0, 100), e("n2", 4, 50, 60)], "register");
     assert_eq!(overlaps.len(), 1);
+}
+
+#[test]
+fn ring_checkers_work_per_key_and_per_partition() {
+    // Two keys, one register each: reading a value of the other key is
+    // a violation on this key only.
+    let mut a = op(
+        0,
+        Call::Write { value: 1 },
+        (0, 1),
+        ok(serde_json::Value::Null),
+    );
+    a.key = "k0".into();
+    let mut b = op(1, Call::Read, (2, 3), ok(2.into()));
+    b.key = "k0".into();
+    let mut c = op(
+        2,
+        Call::Write { value: 2 },
+        (0, 1),
+        ok(serde_json::Value::Null),
+    );
+    c.key = "k1".into();
+    let r = linearizable::check(&RegisterModel, &history(vec![a, b, c]), Limits::default());
+    assert_eq!(r.violations(), 1, "{r:?}");
+    assert_eq!(r.keys["k1"], linearizable::Verdict::Linearizable);
+
+    // A deposed owner's write (token 3) stored after its successor's (9)
+    // on the same key.
+    let w = |seq, epoch| StoredWrite {
+        seq,
+        epoch: Some(epoch),
+        value: serde_json::json!({"value": seq, "epoch": epoch}),
+    };
+    let by_key = std::collections::BTreeMap::from([
+        ("reg.k0".to_owned(), vec![w(1, 3), w(4, 9), w(6, 3)]),
+        ("reg.k1".to_owned(), vec![w(2, 5), w(5, 5)]),
+    ]);
+    let r = fencing::check_keys(&by_key);
+    assert_eq!(r.violations(), 1, "{r:?}");
+    assert!(r.failing.contains_key("reg.k0"));
+
+    // Two nodes running partition 7 at once, both owning it.
+    let e = |node: &str, partition, token, s, t| Execution {
+        node: node.into(),
+        app: "kvring".into(),
+        method: "write".into(),
+        epoch: Some(token),
+        partition: Some(partition),
+        start_ns: s,
+        end_ns: t,
+        active_at_start: true,
+        active_at_end: true,
+        cancelled: false,
+    };
+    assert!(exec::check(&[e("n1", 7, 3, 0, 100), e("n2", 8, 4, 50, 60)], "kvring").is_empty());
+    assert_eq!(
+        exec::check(&[e("n1", 7, 3, 0, 100), e("n2", 7, 9, 50, 60)], "kvring").len(),
+        1
+    );
 }
 
 #[test]

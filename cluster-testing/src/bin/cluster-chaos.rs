@@ -28,7 +28,7 @@ struct Args {
 enum Command {
     /// Run suites.
     Run {
-        /// `counter`, `register`, `set`, `nats` or `all`.
+        /// `counter`, `register`, `set`, `nats`, `ring` or `all`.
         #[arg(long, default_value = "all")]
         suite: String,
         /// Nemesis seed.
@@ -80,7 +80,7 @@ async fn main() -> ExitCode {
                     Some(s) => vec![s],
                     None => {
                         eprintln!(
-                            "error: --suite `{suite}`: use counter, register, set, nats or all"
+                            "error: --suite `{suite}`: use counter, register, set, nats, ring or all"
                         );
                         return ExitCode::from(2);
                     }

@@ -1,5 +1,6 @@
-//! The execution-overlap checker: handlers of one singleton never run on
-//! two nodes at once while both believe they hold the lease.
+//! The execution-overlap checker: handlers of one singleton (or of one
+//! ring partition) never run on two nodes at once while both believe they
+//! hold the lease (own the partition).
 //!
 //! The app records every handler execution as an [`Execution`] (the
 //! `cluster-chaos-node` binary writes them as JSON lines to `--exec-log`).
@@ -10,9 +11,12 @@
 //! found itself deposed when it resumed — its effects are then refused by
 //! the fence, which [`super::fencing`] checks). [`check`] reports every
 //! pair of executions on *different nodes* whose believed-valid windows
-//! intersect. One [`Overlap`] is reported per
-//! pair of (node, epoch) holders, with the number of overlapping
-//! execution pairs between them.
+//! intersect. Executions that name a ring [`Execution::partition`] are
+//! only compared with executions of the same partition (a ring has one
+//! owner per partition, many per app); for them "believed" is
+//! `ctx.ring().owns(p)` and the epoch is the partition's fencing token.
+//! One [`Overlap`] is reported per pair of (node, epoch) holders of one
+//! partition, with the number of overlapping execution pairs between them.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -29,16 +33,25 @@ pub struct Execution {
     pub app: String,
     /// The method.
     pub method: String,
-    /// `ctx.fencing_token()` at start.
+    /// `ctx.fencing_token()` at start (ring: `ctx.ring().fencing_token(p)`).
     pub epoch: Option<u64>,
+    /// The ring partition the call was routed to (`None`: a singleton).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
     /// Monotonic ns when the handler started.
     pub start_ns: u64,
     /// Monotonic ns when it finished.
     pub end_ns: u64,
-    /// `ctx.is_active()` at start.
+    /// `ctx.is_active()` at start (ring: `ctx.ring().owns(p)`).
     pub active_at_start: bool,
-    /// `ctx.is_active()` at end.
+    /// `ctx.is_active()` at end (ring: `ctx.ring().owns(p)`).
     pub active_at_end: bool,
+    /// The handler did not reply: it was dropped before it finished (the
+    /// RPC server drops handlers past the call's deadline) or returned an
+    /// error; `end_ns` is when. Its effects may still land: a publish it
+    /// queued is sent anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 /// Two holders whose executions overlapped.
@@ -71,14 +84,28 @@ pub fn load(path: &Path) -> io::Result<(Vec<Execution>, usize)> {
     Ok((out, bad))
 }
 
-/// Finds overlapping executions of `app` on different nodes that both
-/// started while `is_active()` was true.
+/// Finds overlapping executions of `app` (of one partition, for a ring)
+/// on different nodes that both started while `is_active()` (`owns(p)`)
+/// was true.
 pub fn check(executions: &[Execution], app: &str) -> Vec<Overlap> {
-    let mut valid: Vec<&Execution> = executions
+    let mut groups: BTreeMap<Option<u32>, Vec<&Execution>> = BTreeMap::new();
+    for e in executions
         .iter()
         .filter(|e| e.app == app && e.active_at_start)
-        .collect();
-    valid.sort_by_key(|e| (e.start_ns, e.end_ns));
+    {
+        groups.entry(e.partition).or_default().push(e);
+    }
+    let mut out = Vec::new();
+    for (_, mut valid) in groups {
+        valid.sort_by_key(|e| (e.start_ns, e.end_ns));
+        out.extend(check_group(&valid));
+    }
+    out
+}
+
+/// The overlaps among executions of one singleton or one partition,
+/// sorted by start.
+fn check_group(valid: &[&Execution]) -> Vec<Overlap> {
     // Every window ends at or before `end_ns`: scanning by start up to the
     // longest end seen finds every intersecting pair.
     type Holder = (String, Option<u64>);
@@ -129,10 +156,12 @@ mod tests {
             app: "register".into(),
             method: "write".into(),
             epoch: Some(epoch),
+            partition: None,
             start_ns: start,
             end_ns: end,
             active_at_start: active,
             active_at_end: active,
+            cancelled: false,
         }
     }
 
@@ -173,5 +202,21 @@ mod tests {
         assert_eq!(o.len(), 1, "{o:?}");
         assert_eq!(o[0].pairs, 2);
         assert_eq!(o[0].first.node, "n1");
+    }
+
+    #[test]
+    fn ring_executions_overlap_only_within_a_partition() {
+        let at = |node: &str, p: u32, token: u64, start: u64, end: u64| Execution {
+            partition: Some(p),
+            ..ex(node, token, start, end, true)
+        };
+        // Two owners of different partitions at once: a ring's normal state.
+        let execs = vec![at("n1", 1, 10, 0, 100), at("n2", 2, 11, 50, 60)];
+        assert!(check(&execs, "register").is_empty());
+        // Two nodes running partition 1 at once, both owning it.
+        let execs = vec![at("n1", 1, 10, 0, 100), at("n2", 1, 12, 50, 60)];
+        let o = check(&execs, "register");
+        assert_eq!(o.len(), 1, "{o:?}");
+        assert_eq!(o[0].second.partition, Some(1));
     }
 }

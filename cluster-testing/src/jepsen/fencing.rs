@@ -9,12 +9,20 @@
 //! a valid lease). [`StreamWatch`] reads that input from the bucket's stream
 //! with plain async-nats (no `ctx`), so the check rests on what the server
 //! stored, not on what the app believes.
+//!
+//! Rings: [`StreamWatch::start_prefix`] follows every key under a prefix
+//! (one register per key) and [`check_keys`] applies [`check`] to each
+//! key's writes on its own — the epoch is then the fencing token of the
+//! key's partition, which grows with every change of its owner.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+
+/// Revisions per key a watched stream keeps (far more than a run writes).
+pub const KEEP_PER_KEY: i64 = 100_000_000;
 
 /// One stored revision of the key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +73,55 @@ impl FencingReport {
     pub fn violations(&self) -> usize {
         self.stale_count + self.without_epoch
     }
+}
+
+/// What the fencing checker found for each key of a keyed watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyedFencingReport {
+    /// Keys with at least one stored write.
+    pub keys: usize,
+    /// Stored writes examined, all keys.
+    pub writes: usize,
+    /// Stale writes, all keys.
+    pub stale_count: usize,
+    /// Writes without an epoch, all keys.
+    pub without_epoch: usize,
+    /// Per key with a violation: its report (first 20 stale writes each).
+    pub failing: std::collections::BTreeMap<String, FencingReport>,
+    /// False if the stream had gaps (see [`FencingReport::complete`]).
+    pub complete: bool,
+    /// Stream sequences never read (gaps), any subject.
+    pub missing_revisions: u64,
+    /// Times the stream consumer had to be recreated.
+    pub consumer_restarts: u32,
+}
+
+impl KeyedFencingReport {
+    /// Stale writes plus writes without an epoch, all keys.
+    pub fn violations(&self) -> usize {
+        self.stale_count + self.without_epoch
+    }
+}
+
+/// Checks each key's stored writes (each in stream order) on its own.
+pub fn check_keys(
+    by_key: &std::collections::BTreeMap<String, Vec<StoredWrite>>,
+) -> KeyedFencingReport {
+    let mut out = KeyedFencingReport {
+        complete: true,
+        ..KeyedFencingReport::default()
+    };
+    for (key, writes) in by_key {
+        let r = check(writes);
+        out.keys += 1;
+        out.writes += r.writes;
+        out.stale_count += r.stale_count;
+        out.without_epoch += r.without_epoch;
+        if r.violations() > 0 {
+            out.failing.insert(key.clone(), r);
+        }
+    }
+    out
 }
 
 /// Checks stored writes (in stream order).
@@ -120,8 +177,12 @@ pub struct StreamWatch {
 /// What a [`StreamWatch`] read.
 #[derive(Debug, Clone, Default)]
 pub struct WatchResult {
-    /// The key's stored writes, in stream order.
+    /// The key's stored writes, in stream order (every matched key's, for
+    /// [`StreamWatch::start_prefix`]).
     pub writes: Vec<StoredWrite>,
+    /// The stored writes by key (the part after the bucket's subject
+    /// prefix), each in stream order.
+    pub by_key: std::collections::BTreeMap<String, Vec<StoredWrite>>,
     /// No gaps, and caught up with the stream's last sequence.
     pub complete: bool,
     /// Stream sequences never read.
@@ -130,9 +191,27 @@ pub struct WatchResult {
     pub restarts: u32,
 }
 
+/// Which subjects of the stream a [`StreamWatch`] records.
+#[derive(Debug, Clone)]
+enum Subjects {
+    /// One key: `$KV.<bucket>.<key>`.
+    Exact(String),
+    /// Every key starting with the prefix: `$KV.<bucket>.<prefix>...`.
+    Prefix(String),
+}
+
+impl Subjects {
+    fn matches(&self, subject: &str) -> bool {
+        match self {
+            Subjects::Exact(s) => subject == s,
+            Subjects::Prefix(p) => subject.starts_with(p.as_str()),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Seen {
-    writes: Vec<StoredWrite>,
+    writes: Vec<(String, StoredWrite)>,
     last_seq: u64,
     complete: bool,
     error: Option<String>,
@@ -144,7 +223,8 @@ struct Seen {
 async fn follow(
     js: &jetstream::Context,
     stream_name: &str,
-    subject: &str,
+    subjects: &Subjects,
+    key_prefix: &str,
     seen: &std::sync::Mutex<Seen>,
     expected: &mut u64,
 ) -> Result<(), String> {
@@ -172,11 +252,17 @@ async fn follow(
         }
         *expected = seq + 1;
         seen.last_seq = seq;
-        if msg.subject.as_str() == subject && !msg.payload.is_empty() {
+        if subjects.matches(msg.subject.as_str()) && !msg.payload.is_empty() {
             let value: serde_json::Value =
                 serde_json::from_slice(&msg.payload).unwrap_or(serde_json::Value::Null);
             let epoch = value.get("epoch").and_then(serde_json::Value::as_u64);
-            seen.writes.push(StoredWrite { seq, epoch, value });
+            let key = msg
+                .subject
+                .as_str()
+                .strip_prefix(key_prefix)
+                .unwrap_or(msg.subject.as_str())
+                .to_owned();
+            seen.writes.push((key, StoredWrite { seq, epoch, value }));
         }
     }
     Err("consumer ended".into())
@@ -188,6 +274,29 @@ impl StreamWatch {
     /// NATS server restart), so only revisions the stream itself dropped
     /// meanwhile are missed — and those show as gaps.
     pub async fn start(js: &jetstream::Context, bucket: &str, key: &str) -> Result<Self, String> {
+        Self::follow_subjects(js, bucket, Subjects::Exact(format!("$KV.{bucket}.{key}"))).await
+    }
+
+    /// Like [`start`](Self::start), for every key of `bucket` that starts
+    /// with `prefix` (e.g. `reg.` for a ring's per-key registers).
+    pub async fn start_prefix(
+        js: &jetstream::Context,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Self, String> {
+        Self::follow_subjects(
+            js,
+            bucket,
+            Subjects::Prefix(format!("$KV.{bucket}.{prefix}")),
+        )
+        .await
+    }
+
+    async fn follow_subjects(
+        js: &jetstream::Context,
+        bucket: &str,
+        subjects: Subjects,
+    ) -> Result<Self, String> {
         let stream_name = format!("KV_{bucket}");
         // Fail early if the bucket does not exist yet.
         let mut stream = js
@@ -198,14 +307,17 @@ impl StreamWatch {
         // consumer recreated after a server loss then resumes where it
         // stopped and misses nothing. The app's reads are unaffected (KV
         // reads the last revision); only the observation gets complete.
+        // Not "unlimited" (-1): async-nats refuses to open a bucket whose
+        // stream keeps fewer than 1 message per subject, so every node
+        // opening the bucket afterwards would fail.
         let mut config = stream
             .info()
             .await
             .map_err(|e| format!("stream {stream_name}: {e}"))?
             .config
             .clone();
-        if config.max_messages_per_subject != -1 {
-            config.max_messages_per_subject = -1;
+        if config.max_messages_per_subject < KEEP_PER_KEY {
+            config.max_messages_per_subject = KEEP_PER_KEY;
             js.update_stream(config)
                 .await
                 .map_err(|e| format!("keep the history of {stream_name}: {e}"))?;
@@ -214,12 +326,14 @@ impl StreamWatch {
             complete: true,
             ..Seen::default()
         }));
-        let subject = format!("$KV.{bucket}.{key}");
+        let key_prefix = format!("$KV.{bucket}.");
         let (shared, js2, name) = (seen.clone(), js.clone(), stream_name.clone());
         let task = tokio::spawn(async move {
             let mut expected = 1u64;
             loop {
-                if let Err(e) = follow(&js2, &name, &subject, &shared, &mut expected).await {
+                if let Err(e) =
+                    follow(&js2, &name, &subjects, &key_prefix, &shared, &mut expected).await
+                {
                     if let Ok(mut seen) = shared.lock() {
                         seen.error = Some(e);
                         seen.restarts += 1;
@@ -278,8 +392,14 @@ impl StreamWatch {
             .seen
             .lock()
             .map_err(|_| "stream watch poisoned".to_owned())?;
+        let mut by_key: std::collections::BTreeMap<String, Vec<StoredWrite>> =
+            std::collections::BTreeMap::new();
+        for (key, w) in &seen.writes {
+            by_key.entry(key.clone()).or_default().push(w.clone());
+        }
         Ok(WatchResult {
-            writes: seen.writes.clone(),
+            writes: seen.writes.iter().map(|(_, w)| w.clone()).collect(),
+            by_key,
             complete: seen.complete && caught_up,
             missing: seen.missing,
             restarts: seen.restarts,
@@ -314,5 +434,20 @@ mod tests {
         assert_eq!(r.violations(), 2);
         assert_eq!(r.stale_accepted[0].write.seq, 6);
         assert_eq!(r.stale_accepted[0].max_epoch_seq, Some(5));
+    }
+
+    #[test]
+    fn keys_are_fenced_independently() {
+        // Partition tokens differ per key: a lower token on another key is
+        // no stale write; on the same key it is.
+        let mut by_key = std::collections::BTreeMap::new();
+        by_key.insert("reg.a".to_owned(), vec![w(1, Some(9)), w(3, Some(9))]);
+        by_key.insert("reg.b".to_owned(), vec![w(2, Some(4)), w(4, Some(12))]);
+        assert_eq!(check_keys(&by_key).violations(), 0);
+        by_key.insert("reg.c".to_owned(), vec![w(5, Some(20)), w(6, Some(14))]);
+        let r = check_keys(&by_key);
+        assert_eq!(r.violations(), 1);
+        assert_eq!(r.keys, 3);
+        assert_eq!(r.failing["reg.c"].stale_accepted[0].write.seq, 6);
     }
 }

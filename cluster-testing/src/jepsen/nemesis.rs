@@ -14,7 +14,13 @@
 //!   past the TTL, wait for a successor, SIGCONT the old one and at once
 //!   SIGKILL the successor, restart it), [`FaultKind::Term`] (SIGTERM the
 //!   active, restart it), [`FaultKind::NatsKill`] (SIGKILL one server of a
-//!   3-node NATS cluster, restart it).
+//!   3-node NATS cluster, restart it), and for rings [`FaultKind::Join`]
+//!   (start a spare node, or SIGTERM it if it runs: recorded as
+//!   [`FaultKind::Leave`]).
+//! - Targets ([`Targeting`]): a singleton's faults hit its single active;
+//!   a ring's hit the owner of one of the workload's partitions (drawn from
+//!   the fault's random bits), and pause-kill-successor kills the node that
+//!   took that partition over.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +29,7 @@ use cluster_runtime::clock::monotonic_ns;
 use cluster_runtime::nats_server::NatsCluster;
 use serde::{Deserialize, Serialize};
 
-use super::nodes::NodeSet;
+use super::nodes::{NodeSet, NodeState};
 
 /// A small seeded PRNG (splitmix64): deterministic across platforms and
 /// versions, which `rand`'s generators do not promise.
@@ -69,6 +75,12 @@ pub enum FaultKind {
     Term,
     /// SIGKILL one NATS server, restart it.
     NatsKill,
+    /// Rings: start the spare node (a join) if it is down; SIGTERM it (a
+    /// graceful leave, recorded as [`FaultKind::Leave`]) if it runs.
+    Join,
+    /// A graceful leave of the spare node (only ever recorded: schedules
+    /// draw [`FaultKind::Join`], which alternates).
+    Leave,
 }
 
 impl FaultKind {
@@ -80,6 +92,8 @@ impl FaultKind {
             FaultKind::PauseKillSuccessor => "pause_kill_successor",
             FaultKind::Term => "term",
             FaultKind::NatsKill => "nats_kill",
+            FaultKind::Join => "join",
+            FaultKind::Leave => "leave",
         }
     }
 }
@@ -143,24 +157,82 @@ pub struct FaultRecord {
     pub note: String,
 }
 
+/// Whom node faults hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targeting {
+    /// The single active instance of a singleton.
+    Active,
+    /// The owner of one of `partitions` of a ring (chosen per fault);
+    /// `spare` is the index of the node that [`FaultKind::Join`] starts
+    /// and stops.
+    Ring {
+        /// Partitions worth hitting (those of the workload's keys).
+        partitions: Vec<u32>,
+        /// The spare node's index in the [`NodeSet`].
+        spare: Option<usize>,
+    },
+}
+
 /// Executes a [`Schedule`] until a deadline.
 #[derive(Debug)]
 pub struct Nemesis {
-    /// The app whose active is the target.
+    /// The app whose active (or partition owner) is the target.
     pub app: String,
     /// The app's lease TTL.
     pub lease_ttl: Duration,
+    /// Whom node faults hit.
+    pub targeting: Targeting,
     /// Faults done.
     pub records: Vec<FaultRecord>,
 }
 
 impl Nemesis {
-    /// A nemesis for `app` with lease TTL `lease_ttl`.
+    /// A nemesis for the singleton `app` with lease TTL `lease_ttl`.
     pub fn new(app: &str, lease_ttl: Duration) -> Self {
         Nemesis {
             app: app.to_owned(),
             lease_ttl,
+            targeting: Targeting::Active,
             records: Vec::new(),
+        }
+    }
+
+    /// A nemesis for the ring `app`: faults hit owners of `partitions`;
+    /// joins and leaves use the node `spare`.
+    pub fn ring(
+        app: &str,
+        lease_ttl: Duration,
+        partitions: Vec<u32>,
+        spare: Option<usize>,
+    ) -> Self {
+        Nemesis {
+            targeting: Targeting::Ring { partitions, spare },
+            ..Nemesis::new(app, lease_ttl)
+        }
+    }
+
+    /// The partition a fault aims at (rings), from its random bits.
+    fn partition_for(&self, fault: &PlannedFault) -> Option<u32> {
+        match &self.targeting {
+            Targeting::Ring { partitions, .. } if !partitions.is_empty() => {
+                Some(partitions[(fault.pick % partitions.len() as u64) as usize])
+            }
+            _ => None,
+        }
+    }
+
+    /// The node to hit: the single active, or the single owner of
+    /// `partition`; `except` is excluded (a successor search).
+    async fn find_target(
+        &self,
+        set: &NodeSet,
+        partition: Option<u32>,
+        except: Option<usize>,
+    ) -> Option<usize> {
+        let wait = Duration::from_secs(15);
+        match partition {
+            Some(p) => set.wait_owner(&self.app, p, except, wait).await,
+            None => set.wait_single_active(&self.app, except, wait).await,
         }
     }
 
@@ -192,6 +264,7 @@ impl Nemesis {
                     Some(nats) => Some(self.nats_kill(fault, nats).await),
                     None => None,
                 },
+                FaultKind::Join | FaultKind::Leave => self.join_or_leave(fault, nodes).await,
                 _ => self.node_fault(fault, nodes).await,
             };
             if let Some(r) = record {
@@ -206,16 +279,20 @@ impl Nemesis {
         nodes: &tokio::sync::Mutex<NodeSet>,
     ) -> Option<FaultRecord> {
         let extra = Duration::from_millis(fault.extra_ms);
-        // The target is whoever is active now; no fault while there is none
-        // (or two), which the system must sort out by itself first.
+        // The target is whoever is active (owns the partition) now; no
+        // fault while there is none (or two), which the system must sort
+        // out by itself first.
+        let partition = self.partition_for(fault);
         let target = {
             let set = nodes.lock().await;
-            set.wait_single_active(&self.app, None, Duration::from_secs(15))
-                .await?
+            self.find_target(&set, partition, None).await?
         };
         let start_ns = monotonic_ns();
         let mut set = nodes.lock().await;
-        let name = set.nodes[target].id().to_owned();
+        let name = match partition {
+            Some(p) => format!("{} (owner of p{p})", set.nodes[target].id()),
+            None => set.nodes[target].id().to_owned(),
+        };
         let mut note = String::new();
         match fault.kind {
             FaultKind::Kill => {
@@ -257,8 +334,7 @@ impl Nemesis {
                 tokio::time::sleep(self.lease_ttl).await;
                 let successor = {
                     let set = nodes.lock().await;
-                    set.wait_single_active(&self.app, Some(target), Duration::from_secs(15))
-                        .await
+                    self.find_target(&set, partition, Some(target)).await
                 };
                 set = nodes.lock().await;
                 let _ = set.nodes[target].resume();
@@ -276,11 +352,84 @@ impl Nemesis {
                     None => note = format!("{note}no successor within 15s"),
                 }
             }
-            FaultKind::NatsKill => {}
+            FaultKind::NatsKill | FaultKind::Join | FaultKind::Leave => {}
         }
         drop(set);
         Some(FaultRecord {
             kind: fault.kind,
+            target: name,
+            start_ns,
+            end_ns: monotonic_ns(),
+            note,
+        })
+    }
+
+    /// Starts the spare node if it is down (a join: waits up to 10 s for
+    /// it to own a partition, then `extra`), or SIGTERMs it if it runs (a
+    /// graceful leave). `None` without a spare.
+    async fn join_or_leave(
+        &self,
+        fault: &PlannedFault,
+        nodes: &tokio::sync::Mutex<NodeSet>,
+    ) -> Option<FaultRecord> {
+        let Targeting::Ring {
+            spare: Some(spare), ..
+        } = &self.targeting
+        else {
+            return None;
+        };
+        let spare = *spare;
+        let start_ns = monotonic_ns();
+        let mut set = nodes.lock().await;
+        let node = set.nodes.get_mut(spare)?;
+        let name = node.id().to_owned();
+        let (kind, note) = match node.state() {
+            NodeState::Down => {
+                if let Err(e) = node.restart() {
+                    return Some(FaultRecord {
+                        kind: FaultKind::Join,
+                        target: name,
+                        start_ns,
+                        end_ns: monotonic_ns(),
+                        note: format!("start failed: {e}"),
+                    });
+                }
+                drop(set);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                let mut owned = 0;
+                while tokio::time::Instant::now() < deadline {
+                    let set = nodes.lock().await;
+                    owned = set.nodes[spare]
+                        .partitions(&self.app)
+                        .await
+                        .map_or(0, |p| p.len());
+                    drop(set);
+                    if owned > 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let note = format!(
+                    "owned {owned} partitions {} ms after the start",
+                    (monotonic_ns() - start_ns) / 1_000_000
+                );
+                tokio::time::sleep(Duration::from_millis(fault.extra_ms)).await;
+                (FaultKind::Join, note)
+            }
+            NodeState::Up | NodeState::Paused => {
+                let clean = node.terminate(Duration::from_secs(10)).await;
+                drop(set);
+                let note = if clean {
+                    String::new()
+                } else {
+                    "did not exit within 10s of SIGTERM; killed".to_owned()
+                };
+                tokio::time::sleep(Duration::from_millis(fault.extra_ms)).await;
+                (FaultKind::Leave, note)
+            }
+        };
+        Some(FaultRecord {
+            kind,
             target: name,
             start_ns,
             end_ns: monotonic_ns(),

@@ -56,14 +56,20 @@ pub struct ChaosNode {
 impl ChaosNode {
     /// Starts the node.
     pub fn spawn(command: NodeCommand) -> std::io::Result<ChaosNode> {
-        let mut node = ChaosNode {
+        let mut node = ChaosNode::stopped(command);
+        node.start()?;
+        Ok(node)
+    }
+
+    /// A node that is not started yet (a spare that joins later: start it
+    /// with [`restart`](Self::restart)).
+    pub fn stopped(command: NodeCommand) -> ChaosNode {
+        ChaosNode {
             command,
             child: None,
             state: NodeState::Down,
             starts: 0,
-        };
-        node.start()?;
-        Ok(node)
+        }
     }
 
     fn start(&mut self) -> std::io::Result<()> {
@@ -159,6 +165,27 @@ impl ChaosNode {
     /// The role of `app` from `/status` (`None`: not running, silent or
     /// not reporting the app).
     pub async fn role(&self, app: &str) -> Option<String> {
+        self.app_status(app)
+            .await?
+            .get("role")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// The ring partitions of `app` this node reports owning in `/status`
+    /// (`None`: not running, silent or not reporting the app).
+    pub async fn partitions(&self, app: &str) -> Option<Vec<u32>> {
+        let status = self.app_status(app).await?;
+        let list = status.get("partitions")?.as_array()?;
+        Some(
+            list.iter()
+                .filter_map(|p| p.as_u64().and_then(|p| u32::try_from(p).ok()))
+                .collect(),
+        )
+    }
+
+    /// `apps.<app>` of the node's `/status`.
+    async fn app_status(&self, app: &str) -> Option<serde_json::Value> {
         if self.state != NodeState::Up {
             return None;
         }
@@ -170,12 +197,8 @@ impl ChaosNode {
         if code != 200 {
             return None;
         }
-        let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
-        doc.get("apps")?
-            .get(app)?
-            .get("role")?
-            .as_str()
-            .map(str::to_owned)
+        let mut doc: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(doc.get_mut("apps")?.get_mut(app)?.take())
     }
 
     /// The current incarnation's stderr.
@@ -229,13 +252,93 @@ impl NodeSet {
         }
     }
 
-    /// Resumes every paused node and restarts every one that is down.
+    /// The ring partitions of `app` each running node reports owning
+    /// (silent nodes are left out).
+    pub async fn owners(&self, app: &str) -> Vec<(usize, Vec<u32>)> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(parts) = n.partitions(app).await {
+                out.push((i, parts));
+            }
+        }
+        out
+    }
+
+    /// The node reporting ownership of `partition` of `app`, if exactly one
+    /// running node does (`except` excluded from the candidates but still
+    /// counted).
+    pub async fn owner_of(
+        &self,
+        app: &str,
+        partition: u32,
+        except: Option<usize>,
+    ) -> Option<usize> {
+        let owners: Vec<usize> = self
+            .owners(app)
+            .await
+            .into_iter()
+            .filter(|(_, parts)| parts.contains(&partition))
+            .map(|(i, _)| i)
+            .collect();
+        match owners.as_slice() {
+            [one] if Some(*one) != except => Some(*one),
+            _ => None,
+        }
+    }
+
+    /// Waits up to `timeout` for `partition` of `app` to have exactly one
+    /// owner among the running nodes, other than `except`.
+    pub async fn wait_owner(
+        &self,
+        app: &str,
+        partition: u32,
+        except: Option<usize>,
+        timeout: Duration,
+    ) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.owner_of(app, partition, except).await {
+                return Some(i);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits up to `timeout` until every one of the `partitions` of `app`
+    /// is reported owned by exactly one running node.
+    pub async fn wait_ring_complete(&self, app: &str, partitions: u32, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let owners = self.owners(app).await;
+            let mut count = vec![0u32; partitions as usize];
+            for (_, parts) in &owners {
+                for p in parts {
+                    if let Some(c) = count.get_mut(*p as usize) {
+                        *c += 1;
+                    }
+                }
+            }
+            if count.iter().all(|c| *c == 1) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Resumes every paused node and restarts every one that is down
+    /// (a spare that was never started stays down).
     pub fn heal(&mut self) -> std::io::Result<()> {
         for n in &mut self.nodes {
             match n.state() {
                 NodeState::Paused => n.resume()?,
-                NodeState::Down => n.restart()?,
-                NodeState::Up => {}
+                NodeState::Down if n.starts() > 0 => n.restart()?,
+                NodeState::Down | NodeState::Up => {}
             }
         }
         Ok(())

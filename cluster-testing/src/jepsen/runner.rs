@@ -4,8 +4,9 @@
 //! 3-node R3 cluster for [`Suite::Nats`]), drives C client tasks that call
 //! the app through the RPC wire contract as fast as they can for S seconds
 //! (each with a per-op deadline), runs a seeded [`Nemesis`] meanwhile, then
-//! heals (resumes and restarts everything), waits for a single active,
-//! does final reads, runs the suite's checkers and returns a [`Report`].
+//! heals (resumes and restarts everything), waits for a single active
+//! (for [`Suite::Ring`]: every partition owned once), does final reads,
+//! runs the suite's checkers and returns a [`Report`].
 //!
 //! Guarantees: every operation a client invoked is in the history with an
 //! honest outcome (see [`history`](super::history)); a run whose checkers
@@ -48,11 +49,45 @@ pub enum Suite {
     Set,
     /// `register` on a 3-node R3 NATS cluster with server kills as well.
     Nats,
+    /// The chaos node's `kvring` (`ring(16)`, lease TTL 1 s, one register
+    /// per key over [`RING_KEYS`] keys, a spare node that joins and
+    /// leaves): per-key linearizable registers, no stale partition token
+    /// stored after a newer one on any key, no two nodes running one
+    /// partition's handlers at once while both own it.
+    Ring,
+}
+
+/// Partitions of the `ring` suite's app.
+pub const RING_PARTITIONS: u32 = 16;
+
+/// Simulated work (ms) of the `ring` suite's writing handlers between
+/// reading the partition token and storing: a real handler computes
+/// before it stores, and a pause landing there resumes into a write
+/// under the old token.
+pub const RING_WORK_MS: u64 = 1;
+
+/// Keys (registers) of the `ring` suite's workload: `k0`, `k1`, ...
+pub const RING_KEYS: usize = 24;
+
+/// The `ring` suite's keys.
+pub fn ring_keys() -> Vec<String> {
+    (0..RING_KEYS).map(|i| format!("k{i}")).collect()
+}
+
+/// The partition of a `ring` suite key (the wire contract's hash).
+pub fn ring_partition(key: &str) -> u32 {
+    cluster_runtime::ring::xxh3_partition(key.as_bytes(), RING_PARTITIONS)
 }
 
 impl Suite {
     /// Every suite.
-    pub const ALL: [Suite; 4] = [Suite::Counter, Suite::Register, Suite::Set, Suite::Nats];
+    pub const ALL: [Suite; 5] = [
+        Suite::Counter,
+        Suite::Register,
+        Suite::Set,
+        Suite::Nats,
+        Suite::Ring,
+    ];
 
     /// The suite's name (`counter`, ...).
     pub fn as_str(self) -> &'static str {
@@ -61,6 +96,7 @@ impl Suite {
             Suite::Register => "register",
             Suite::Set => "set",
             Suite::Nats => "nats",
+            Suite::Ring => "ring",
         }
     }
 
@@ -74,6 +110,7 @@ impl Suite {
             Suite::Counter => "counter",
             Suite::Register | Suite::Nats => "register",
             Suite::Set => "set",
+            Suite::Ring => "kvring",
         }
     }
 
@@ -102,6 +139,11 @@ impl Suite {
         if self == Suite::Nats {
             kinds.push(FaultKind::NatsKill);
             kinds.push(FaultKind::NatsKill);
+        }
+        if self == Suite::Ring {
+            // Joins alternate with leaves of the spare node.
+            kinds.push(FaultKind::Join);
+            kinds.push(FaultKind::Join);
         }
         kinds
     }
@@ -264,9 +306,11 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         .collect::<Result<_, _>>()
         .map_err(|e| err(format!("nats url `{urls}`: {e}")))?;
 
-    // Nodes.
+    // Nodes (a ring has one more: the spare).
     let mut set = NodeSet::default();
-    for i in 1..=cfg.nodes {
+    let spare = (suite == Suite::Ring).then_some(cfg.nodes);
+    let total = cfg.nodes + usize::from(spare.is_some());
+    for i in 1..=total {
         let id = format!("n{i}");
         let port = free_port().map_err(|e| err(format!("free port: {e}")))?;
         let mut args = vec![
@@ -290,6 +334,14 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
                     "--exec-log".into(),
                     dir.join(format!("exec-{id}.jsonl")).display().to_string(),
                 ]);
+                if suite == Suite::Ring {
+                    args.extend([
+                        "--partitions".to_owned(),
+                        RING_PARTITIONS.to_string(),
+                        "--work-ms".into(),
+                        RING_WORK_MS.to_string(),
+                    ]);
+                }
                 cfg.binaries.chaos_node.clone()
             }
         };
@@ -299,24 +351,26 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
                 binary.display()
             )));
         }
-        let node = ChaosNode::spawn(NodeCommand {
+        let command = NodeCommand {
             id,
             binary,
             args,
             health_port: port,
-        })
-        .map_err(|e| err(format!("spawn: {e}")))?;
+        };
+        // The ring's spare (the last node) joins and leaves on the
+        // nemesis's schedule.
+        let node = if spare == Some(i - 1) {
+            ChaosNode::stopped(command)
+        } else {
+            ChaosNode::spawn(command).map_err(|e| err(format!("spawn: {e}")))?
+        };
         set.nodes.push(node);
     }
     let app = suite.app();
-    if set
-        .wait_single_active(app, None, Duration::from_secs(30))
-        .await
-        .is_none()
-    {
+    if !set.settled(suite, Duration::from_secs(30)).await {
         let stderr: Vec<String> = set.nodes.iter().map(|n| n.stderr()).collect();
         return Err(err(format!(
-            "no single active within 30s; stderr: {stderr:?}"
+            "no single active (ring: partitions not all owned) within 30s; stderr: {stderr:?}"
         )));
     }
     let nodes = Arc::new(Mutex::new(set));
@@ -330,10 +384,15 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     let bucket = format!("{}_{}", suite.platform(), app);
 
     // The KV stream's full history, read live.
-    let watch = if matches!(suite, Suite::Register | Suite::Nats) {
+    let watch = if matches!(suite, Suite::Register | Suite::Nats | Suite::Ring) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match StreamWatch::start(&js, &bucket, "reg").await {
+            let started = if suite == Suite::Ring {
+                StreamWatch::start_prefix(&js, &bucket, "reg.").await
+            } else {
+                StreamWatch::start(&js, &bucket, "reg").await
+            };
+            match started {
                 Ok(w) => break Some(w),
                 Err(e) if Instant::now() >= deadline => {
                     return Err(err(format!("watching {bucket}: {e}")))
@@ -346,6 +405,11 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     };
 
     // Workload and nemesis.
+    let keys: Arc<Vec<String>> = Arc::new(if suite == Suite::Ring {
+        ring_keys()
+    } else {
+        vec![app.to_owned()]
+    });
     let recorder = Recorder::default();
     let started = Instant::now();
     let until = started + Duration::from_secs(cfg.seconds);
@@ -363,11 +427,22 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
             recorder: recorder.clone(),
             timeout: cfg.op_timeout,
             rng: SplitMix64::new(cfg.seed ^ (u64::from(c) + 1).wrapping_mul(0x9e37_79b9)),
+            keys: keys.clone(),
         };
         tasks.push(tokio::spawn(worker.run(until)));
     }
     let schedule = Schedule::generate(cfg.seed, &suite.faults(), cfg.seconds);
-    let mut nemesis = Nemesis::new(app, suite.lease_ttl());
+    let mut nemesis = if suite == Suite::Ring {
+        let partitions: BTreeSet<u32> = keys.iter().map(|k| ring_partition(k)).collect();
+        Nemesis::ring(
+            app,
+            suite.lease_ttl(),
+            partitions.into_iter().collect(),
+            spare,
+        )
+    } else {
+        Nemesis::new(app, suite.lease_ttl())
+    };
     let cluster = match &nats {
         Nats::Cluster(c) => Some(c.clone()),
         Nats::Single(_) => None,
@@ -394,9 +469,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     let quiet = {
         let mut set = nodes.lock().await;
         set.heal().map_err(|e| err(format!("heal: {e}")))?;
-        set.wait_single_active(app, None, Duration::from_secs(30))
-            .await
-            .is_some()
+        set.settled(suite, Duration::from_secs(30)).await
     };
 
     // Final reads, retried until one is acknowledged.
@@ -407,6 +480,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         recorder: recorder.clone(),
         timeout: Duration::from_secs(2),
         rng: SplitMix64::new(cfg.seed),
+        keys: keys.clone(),
     };
     let final_value = final_client.final_read(Duration::from_secs(30)).await;
 
@@ -440,7 +514,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
                 json(&dups.iter().take(10).collect::<Vec<_>>()),
             );
         }
-        Suite::Register | Suite::Nats => {
+        Suite::Register | Suite::Nats | Suite::Ring => {
+            // Per key (`Op::key`): one register per key in `ring`.
             let lin = linearizable::check(&RegisterModel, &history, cfg.limits);
             violations += lin.violations() as u64;
             unverified += lin.unknown() as u64;
@@ -456,8 +531,21 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
             details.insert("set".into(), json(&r));
         }
     }
+    let mut stored = None;
     if let Some(watch) = watch {
         match watch.finish(Duration::from_secs(20)).await {
+            Ok(read) if suite == Suite::Ring => {
+                let mut r = fencing::check_keys(&read.by_key);
+                r.complete = read.complete;
+                r.missing_revisions = read.missing;
+                r.consumer_restarts = read.restarts;
+                violations += r.violations() as u64;
+                if !read.complete {
+                    unverified += 1;
+                }
+                details.insert("fencing".into(), json(&r));
+                stored = Some(read.by_key);
+            }
             Ok(read) => {
                 let mut r = fencing::check(&read.writes);
                 r.complete = read.complete;
@@ -468,6 +556,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
                     unverified += 1;
                 }
                 details.insert("fencing".into(), json(&r));
+                stored = Some(read.by_key);
             }
             Err(e) => {
                 unverified += 1;
@@ -478,7 +567,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     if suite != Suite::Counter {
         let mut execs = Vec::new();
         let mut cut = 0;
-        for i in 1..=cfg.nodes {
+        for i in 1..=total {
             let (e, bad) = exec::load(&dir.join(format!("exec-n{i}.jsonl")))
                 .map_err(|e| err(format!("exec log: {e}")))?;
             execs.extend(e);
@@ -521,8 +610,14 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     if report.passed() && !cfg.keep {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        save(&dir, &history, &report, &nodes.lock().await.nodes)
-            .map_err(|e| err(format!("saving {}: {e}", dir.display())))?;
+        save(
+            &dir,
+            &history,
+            &report,
+            &nodes.lock().await.nodes,
+            stored.as_ref(),
+        )
+        .map_err(|e| err(format!("saving {}: {e}", dir.display())))?;
         report.artifacts = Some(dir.display().to_string());
     }
     drop(nats);
@@ -538,8 +633,25 @@ fn save(
     history: &History,
     report: &Report,
     nodes: &[ChaosNode],
+    stored: Option<&BTreeMap<String, Vec<fencing::StoredWrite>>>,
 ) -> std::io::Result<()> {
     history.save(&dir.join("history.jsonl"))?;
+    if let Some(stored) = stored {
+        // Every stored revision of the watched keys, in stream order.
+        let mut all: Vec<(&str, &fencing::StoredWrite)> = stored
+            .iter()
+            .flat_map(|(k, ws)| ws.iter().map(move |w| (k.as_str(), w)))
+            .collect();
+        all.sort_by_key(|(_, w)| w.seq);
+        let mut text = String::new();
+        for (key, w) in all {
+            let line =
+                serde_json::json!({"key": key, "seq": w.seq, "epoch": w.epoch, "value": w.value});
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        std::fs::write(dir.join("kv-writes.jsonl"), text)?;
+    }
     let text = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("report.json"), text)?;
     for n in nodes {
@@ -565,6 +677,21 @@ pub fn duplicate_counts(history: &History) -> Vec<(u64, Vec<usize>)> {
         .collect()
 }
 
+impl NodeSet {
+    /// Waits for the suite's steady state: a single active, or (ring)
+    /// every partition owned by exactly one node.
+    async fn settled(&self, suite: Suite, timeout: Duration) -> bool {
+        if suite == Suite::Ring {
+            self.wait_ring_complete(suite.app(), RING_PARTITIONS, timeout)
+                .await
+        } else {
+            self.wait_single_active(suite.app(), None, timeout)
+                .await
+                .is_some()
+        }
+    }
+}
+
 /// One client: one operation in flight at a time.
 struct Client {
     suite: Suite,
@@ -573,35 +700,44 @@ struct Client {
     recorder: Recorder,
     timeout: Duration,
     rng: SplitMix64,
+    /// The registers (`Op::key`): the app's name, or the ring's keys.
+    keys: Arc<Vec<String>>,
 }
 
 impl Client {
     async fn run(mut self, until: Instant) {
         let mut seq = 0i64;
-        let mut last_seen: Option<i64> = None;
+        let mut last_seen: BTreeMap<String, i64> = BTreeMap::new();
         while Instant::now() < until {
             seq += 1;
             let unique = i64::from(self.process + 1) * 1_000_000_000 + seq;
+            let key = match self.keys.len() {
+                0 | 1 => self.suite.app().to_owned(),
+                n => self.keys[(self.rng.next_u64() % n as u64) as usize].clone(),
+            };
             let roll = self.rng.next_u64() % 100;
+            let from = last_seen.get(&key).copied().unwrap_or(0);
             let call = match self.suite {
                 Suite::Counter if roll < 20 => Call::Incr { by: 0 },
                 Suite::Counter => Call::Incr { by: 1 },
-                Suite::Register | Suite::Nats if roll < 40 => Call::Read,
-                Suite::Register | Suite::Nats if roll < 80 => Call::Write { value: unique },
-                Suite::Register | Suite::Nats => Call::Cas {
-                    from: last_seen.unwrap_or(0),
-                    to: unique,
-                },
+                Suite::Register | Suite::Nats | Suite::Ring if roll < 40 => Call::Read,
+                Suite::Register | Suite::Nats | Suite::Ring if roll < 80 => {
+                    Call::Write { value: unique }
+                }
+                Suite::Register | Suite::Nats | Suite::Ring => Call::Cas { from, to: unique },
                 Suite::Set => Call::Add {
                     element: unique as u64,
                 },
             };
-            let op = self.call(call).await;
+            let op = self.call(&key, call).await;
             if let (Call::Read, Outcome::Ok { value }) = (&op.call, &op.outcome) {
-                last_seen = value.as_i64();
+                match value.as_i64() {
+                    Some(v) => last_seen.insert(key.clone(), v),
+                    None => last_seen.remove(&key),
+                };
             }
             if let (Call::Write { value }, true) = (&op.call, op.outcome.is_ok()) {
-                last_seen = Some(*value);
+                last_seen.insert(key.clone(), *value);
             }
             let failed_fast = matches!(op.outcome, Outcome::Failed { .. });
             self.recorder.record(op);
@@ -612,16 +748,40 @@ impl Client {
         }
     }
 
-    /// Retries the suite's read until acknowledged or `within` passes.
+    /// Retries the suite's read until acknowledged or `within` passes
+    /// (ring: a read of every key; `None` unless all were acknowledged).
     async fn final_read(&mut self, within: Duration) -> Option<serde_json::Value> {
         let deadline = Instant::now() + within;
+        if self.suite == Suite::Ring {
+            let mut values = serde_json::Map::new();
+            for key in self.keys.iter() {
+                loop {
+                    let op = self.call(key, Call::Read).await;
+                    let value = match &op.outcome {
+                        Outcome::Ok { value } => Some(value.clone()),
+                        _ => None,
+                    };
+                    self.recorder.record(op);
+                    if let Some(v) = value {
+                        values.insert(key.clone(), v);
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            return Some(serde_json::Value::Object(values));
+        }
+        let key = self.suite.app().to_owned();
         while Instant::now() < deadline {
             let call = match self.suite {
                 Suite::Counter => Call::Incr { by: 0 },
                 Suite::Set => Call::ReadSet,
                 _ => Call::Read,
             };
-            let op = self.call(call).await;
+            let op = self.call(&key, call).await;
             let value = match &op.outcome {
                 Outcome::Ok { value } => Some(value.clone()),
                 _ => None,
@@ -635,16 +795,35 @@ impl Client {
         None
     }
 
-    async fn call(&self, call: Call) -> Op {
+    async fn call(&self, key: &str, call: Call) -> Op {
         let app = self.suite.app();
+        let ring = self.suite == Suite::Ring;
         let (method, payload) = match &call {
             Call::Incr { by } => ("incr", serde_json::json!(by)),
+            Call::Read | Call::ReadSet if ring => ("read", serde_json::json!({"key": key})),
             Call::Read | Call::ReadSet => ("read", serde_json::Value::Null),
+            Call::Write { value } if ring => {
+                ("write", serde_json::json!({"key": key, "value": value}))
+            }
             Call::Write { value } => ("write", serde_json::json!(value)),
+            Call::Cas { from, to } if ring => (
+                "cas",
+                serde_json::json!({"key": key, "from": from, "to": to}),
+            ),
             Call::Cas { from, to } => ("cas", serde_json::json!({"from": from, "to": to})),
             Call::Add { element } => ("add", serde_json::json!(element)),
         };
-        let subject = format!("{}._.api.{app}.{method}", self.suite.platform());
+        // Rings: routed by key to the partition's owner
+        // (`P._.api.A.p.PART.METHOD`).
+        let subject = if ring {
+            format!(
+                "{}._.api.{app}.p.{}.{method}",
+                self.suite.platform(),
+                ring_partition(key)
+            )
+        } else {
+            format!("{}._.api.{app}.{method}", self.suite.platform())
+        };
         let mut headers = HeaderMap::new();
         headers.insert(
             wire::TIMEOUT_MS,
@@ -663,7 +842,7 @@ impl Client {
         Op {
             id: 0,
             process: self.process,
-            key: app.to_owned(),
+            key: key.to_owned(),
             call,
             invoke_ns,
             complete_ns,
