@@ -223,6 +223,14 @@ async fn mixed_workload_restores_with_stock_litestream_before_and_after_compacti
             replicator.sync().await.expect("sync");
         }
     }
+    // The replicator checkpoints on its own once everything is shipped and
+    // the WAL holds enough frames; on a busy box that can come after the
+    // last write: wait for it (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while replicator.stats().checkpoints == 0 && std::time::Instant::now() < deadline {
+        replicator.notify();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let txid = replicator.sync().await.expect("sync");
     let stats = replicator.stats();
     assert!(stats.checkpoints > 0, "replicator never checkpointed");
