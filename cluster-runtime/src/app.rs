@@ -729,10 +729,13 @@ impl AppContext {
         );
         // A singleton's data is owned by its active instance: writes are
         // fenced by the epoch record the instance writes on activation.
-        let kv = if mode == Mode::Singleton {
-            kv.fenced_by(Arc::new(crate::kv::FenceSlot::default()))
-        } else {
-            kv
+        let kv = match mode {
+            Mode::Singleton => kv.fenced_by(Arc::new(crate::kv::FenceSlot::default())),
+            // A ring partition's data is owned by the partition's owner.
+            Mode::Ring(_) => {
+                kv.fenced_by_partitions(Arc::new(crate::kv::PartitionFences::default()))
+            }
+            Mode::Spread | Mode::Replicas(_) => kv,
         };
         let audit = data.observe.audit.scoped(Some(&app));
         let locks = Locks::with_observe(

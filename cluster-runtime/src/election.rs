@@ -264,6 +264,13 @@ impl Election {
         self.inst.set_role(Role::Active, Some(epoch), None);
         self.inst.observe_leader(Some(node.clone()), Some(epoch));
 
+        // Why becoming active ended early.
+        enum Cut {
+            Failed,
+            Lost(LostReason),
+            Shutdown,
+        }
+        let mut shutdown = self.shutdown.clone();
         let activation = tokio::select! {
             result = async {
                 // The epoch record first (DESIGN §4.7, §4.11): from here the
@@ -281,19 +288,26 @@ impl Election {
                 self.inst.hook("on_active").await.map_err(|_| ())?;
                 // Serve only once on_active has restored the app's state.
                 self.inst.serve(crate::rpc::ApiMode::Exclusive).await.map_err(|_| ())
-            } => result.map_err(|()| None),
-            reason = held.lost() => Err(Some(reason)),
+            } => result.map_err(|()| Cut::Failed),
+            reason = held.lost() => Err(Cut::Lost(reason)),
+            // SIGTERM while activating (a step waiting on NATS): hand over
+            // now rather than at the end of the activation.
+            _ = shutdown.wait_for(|s| *s) => Err(Cut::Shutdown),
         };
         match activation {
             Ok(()) => *failures = 0,
-            Err(None) => {
+            Err(Cut::Failed) => {
                 *failures += 1;
                 let backoff = flap_backoff(*failures);
                 tracing::warn!(?backoff, "on_active failed; giving up the lease");
                 self.step_down(&held).await;
                 return Ended::GaveUp(backoff);
             }
-            Err(Some(reason)) => return self.lost(&held, reason).await,
+            Err(Cut::Lost(reason)) => return self.lost(&held, reason).await,
+            Err(Cut::Shutdown) => {
+                self.step_down(&held).await;
+                return Ended::Shutdown;
+            }
         }
 
         enum Next {
@@ -363,9 +377,15 @@ impl Election {
         };
         if lease_lost {
             close();
-            let _ =
-                tokio::time::timeout(crate::rpc::STOP_WAIT_WHEN_LOST, self.inst.unserve()).await;
-            self.inst.activation.deactivate(true).await;
+            // The gate is closed: the unsubscribe protects nothing more and
+            // must not delay the VIP and the backend.
+            tokio::join!(
+                async {
+                    let unserve = self.inst.unserve();
+                    let _ = tokio::time::timeout(crate::rpc::STOP_WAIT_WHEN_LOST, unserve).await;
+                },
+                self.inst.activation.deactivate(true),
+            );
         } else {
             tokio::select! {
                 () = self.inst.unserve() => {}

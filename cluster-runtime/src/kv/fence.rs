@@ -55,6 +55,7 @@ pub(crate) struct EpochRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct Fence {
     validity: Validity,
+    epoch: u64,
     record_subject: String,
     record_seq: u64,
 }
@@ -62,7 +63,11 @@ pub(crate) struct Fence {
 impl Fence {
     /// The epoch this fence writes under.
     pub(crate) fn epoch(&self) -> u64 {
-        self.validity.epoch()
+        self.epoch
+    }
+
+    fn is_valid(&self) -> bool {
+        self.validity.is_valid()
     }
 
     /// A message carrying the fence check (and nothing else).
@@ -84,7 +89,7 @@ impl FenceSlot {
     /// The fence, if this instance is active and its lease still valid.
     pub(crate) fn valid(&self) -> Option<Fence> {
         let fence = self.fence.lock().ok()?.clone()?;
-        fence.validity.is_valid().then_some(fence)
+        fence.is_valid().then_some(fence)
     }
 
     pub(crate) fn set(&self, fence: Option<Fence>) {
@@ -92,6 +97,40 @@ impl FenceSlot {
             *slot = fence;
         }
     }
+}
+
+/// A ring app's fences, one per partition this node owns: armed when it
+/// starts owning a partition (before `on_own` and before serving it),
+/// removed when it stops. Valid while the member lease the claims name is.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionFences {
+    fences: Mutex<std::collections::HashMap<u32, Fence>>,
+}
+
+impl PartitionFences {
+    pub(crate) fn valid(&self, partition: u32) -> Option<Fence> {
+        let fence = self.fences.lock().ok()?.get(&partition)?.clone();
+        fence.is_valid().then_some(fence)
+    }
+
+    pub(crate) fn set(&self, partition: u32, fence: Fence) {
+        if let Ok(mut map) = self.fences.lock() {
+            map.insert(partition, fence);
+        }
+    }
+
+    pub(crate) fn remove(&self, partitions: &[u32]) {
+        if let Ok(mut map) = self.fences.lock() {
+            for p in partitions {
+                map.remove(p);
+            }
+        }
+    }
+}
+
+/// The epoch record of ring partition `p`.
+pub(crate) fn partition_record_key(p: u32) -> String {
+    format!("{EPOCH_KEY}.p.{p}")
 }
 
 /// Whether `key` is reserved for the framework.
@@ -122,16 +161,21 @@ pub(crate) fn key_subject(store: &kv::Store, key: &str) -> Result<String, KvErro
 /// returns the fence its writes carry. Fails with [`KvError::Fenced`] when
 /// a later holder's record is already there or the lease is no longer
 /// valid.
+///
+/// `record_key` is [`EPOCH_KEY`] for a singleton, a partition's record
+/// ([`partition_record_key`]) for a ring owner, whose `epoch` is the
+/// partition's claim revision.
 pub(crate) async fn take(
     js: &jetstream::Context,
     store: &kv::Store,
+    record_key: &str,
     validity: &Validity,
+    epoch: u64,
     node: &str,
 ) -> Result<Fence, KvError> {
-    let epoch = validity.epoch();
-    let subject = key_subject(store, EPOCH_KEY)?;
+    let subject = key_subject(store, record_key)?;
     let fenced = |by: Option<u64>| KvError::Fenced {
-        key: EPOCH_KEY.to_owned(),
+        key: record_key.to_owned(),
         epoch,
         reason: match by {
             Some(e) => format!("a later active (epoch {e}) has taken over"),
@@ -154,7 +198,7 @@ pub(crate) async fn take(
         if !validity.is_valid() {
             return Err(fenced(None));
         }
-        let entry = store.entry(EPOCH_KEY).await.map_err(|e| nats(&e))?;
+        let entry = store.entry(record_key).await.map_err(|e| nats(&e))?;
         let last_seq = entry.as_ref().map_or(0, |e| e.revision);
         let recorded = entry
             .as_ref()
@@ -167,6 +211,7 @@ pub(crate) async fn take(
             Some(r) if r.epoch == epoch => {
                 return Ok(Fence {
                     validity: validity.clone(),
+                    epoch,
                     record_subject: subject,
                     record_seq: last_seq,
                 })
@@ -183,6 +228,7 @@ pub(crate) async fn take(
             Ok(ack) => {
                 return Ok(Fence {
                     validity: validity.clone(),
+                    epoch,
                     record_subject: subject,
                     record_seq: ack.sequence,
                 })
@@ -275,5 +321,71 @@ mod tests {
         assert_eq!(new.keys().await.expect("keys"), ["notes", "x"]);
         let err = new.put(EPOCH_KEY, "x").await.expect_err("reserved");
         assert_eq!(err.kind(), KvErrorKind::InvalidKey);
+    }
+
+    /// Ring owners: a write in partition 3 by its previous owner is refused
+    /// by the server once the new owner (a higher claim revision) has
+    /// written the partition's record; other partitions are unaffected.
+    #[tokio::test]
+    async fn the_server_refuses_a_previous_partition_owners_writes() {
+        let server = NatsServer::start(ServerOptions::default())
+            .await
+            .expect("nats");
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        let ring = |js: &jetstream::Context| {
+            Kv::new(js.clone(), "t_ring".into(), KvOptions::default(), 1)
+                .fenced_by_partitions(Arc::new(PartitionFences::default()))
+        };
+        let (old, new) = (ring(&js), ring(&js));
+        let long = Validity::for_test(1, Duration::from_secs(60));
+        old.arm_partition_fences(&long, &[(3, 10), (4, 11)], "a")
+            .await
+            .expect("arm old");
+        old.for_partition(3)
+            .put("k", "a1")
+            .await
+            .expect("owner writes");
+        new.arm_partition_fences(&long, &[(3, 12)], "b")
+            .await
+            .expect("arm new");
+        let err = old
+            .for_partition(3)
+            .put("k", "a2")
+            .await
+            .expect_err("stale");
+        assert_eq!(err.kind(), KvErrorKind::Fenced, "{err}");
+        assert!(err.to_string().contains("refused by the server"), "{err}");
+        old.for_partition(4)
+            .put("j", "a")
+            .await
+            .expect("partition 4 is still ours");
+        new.for_partition(3)
+            .put("k", "b1")
+            .await
+            .expect("new owner writes");
+        let err = new
+            .for_partition(4)
+            .put("j", "b")
+            .await
+            .expect_err("not owned");
+        assert_eq!(err.kind(), KvErrorKind::Fenced, "{err}");
+        // A late arm of an older claim revision is refused.
+        let late = ring(&js);
+        let err = late
+            .arm_partition_fences(&long, &[(3, 11)], "c")
+            .await
+            .expect_err("11 < 12");
+        assert_eq!(err.kind(), KvErrorKind::Fenced, "{err}");
+        // Outside a partition's handler a ring write is unfenced.
+        assert!(!old.is_fenced());
+        old.put("free", "x").await.expect("unfenced");
+        old.disarm_partition_fences(&[4]);
+        let err = old
+            .for_partition(4)
+            .put("j", "a")
+            .await
+            .expect_err("released");
+        assert_eq!(err.kind(), KvErrorKind::Fenced, "{err}");
     }
 }

@@ -63,7 +63,7 @@ use tokio::sync::OnceCell;
 mod fence;
 
 use fence::Fence;
-pub(crate) use fence::FenceSlot;
+pub(crate) use fence::{FenceSlot, PartitionFences};
 pub use fence::{EPOCH_KEY, RESERVED_TOKEN};
 
 /// Longest key accepted (NATS subjects are bounded by the control line).
@@ -390,6 +390,10 @@ enum Writes {
     /// A singleton's writes: only while active, refused by the server once
     /// a successor has activated.
     Fenced(Arc<FenceSlot>),
+    /// A ring app's writes: made in a partition's handler (or through
+    /// [`Kv::for_partition`]) they are fenced by that partition's record;
+    /// others are unfenced.
+    Ring(Arc<PartitionFences>, Option<u32>),
 }
 
 struct Inner {
@@ -437,6 +441,69 @@ impl Kv {
         self
     }
 
+    /// This bucket with writes fenced per ring partition (a ring app's
+    /// context).
+    pub(crate) fn fenced_by_partitions(mut self, fences: Arc<PartitionFences>) -> Kv {
+        self.writes = Writes::Ring(fences, None);
+        self
+    }
+
+    /// A ring app's bucket with every write fenced by partition `p`: the
+    /// server refuses them once another node owns `p` (and they fail at once
+    /// while this node does not). Inside a partition's handler
+    /// `ctx.kv()` does this by itself for the partition the call arrived on.
+    /// On other apps this is the same handle.
+    pub fn for_partition(&self, p: u32) -> Kv {
+        let writes = match &self.writes {
+            Writes::Ring(fences, _) => Writes::Ring(Arc::clone(fences), Some(p)),
+            other => other.clone(),
+        };
+        Kv {
+            inner: Arc::clone(&self.inner),
+            writes,
+        }
+    }
+
+    /// Writes the epoch records of ring partitions `owned` (partition,
+    /// claim revision) and arms their fences (before the node serves them).
+    /// Fails with [`KvError::Fenced`] when a later owner of one of them has
+    /// already written its record.
+    pub(crate) async fn arm_partition_fences(
+        &self,
+        validity: &crate::lease::Validity,
+        owned: &[(u32, u64)],
+        node: &str,
+    ) -> Result<(), KvError> {
+        let Writes::Ring(fences, _) = &self.writes else {
+            return Ok(());
+        };
+        let store = self.store().await?;
+        let taken = futures::future::join_all(owned.iter().map(|&(p, token)| async move {
+            let key = fence::partition_record_key(p);
+            fence::take(&self.inner.js, store, &key, validity, token, node)
+                .await
+                .map(|f| (p, f))
+        }))
+        .await;
+        let mut first_error = None;
+        for result in taken {
+            match result {
+                Ok((p, f)) => fences.set(p, f),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Disarms the fences of ring partitions this node stops owning.
+    pub(crate) fn disarm_partition_fences(&self, partitions: &[u32]) {
+        if let Writes::Ring(fences, _) = &self.writes {
+            fences.remove(partitions);
+        }
+    }
+
     /// The same bucket with unfenced writes: for data the active instance
     /// does not own (a standby's own notes, a pool's shared records).
     /// Writes through it are never refused for being stale — use it only
@@ -454,10 +521,15 @@ impl Kv {
         }
     }
 
-    /// Whether writes through this handle are fenced (a singleton's
-    /// `ctx.kv()`).
+    /// Whether writes through this handle are fenced: a singleton's
+    /// `ctx.kv()`, or a ring app's inside a partition's handler or through
+    /// [`for_partition`](Self::for_partition).
     pub fn is_fenced(&self) -> bool {
-        matches!(self.writes, Writes::Fenced(_))
+        match &self.writes {
+            Writes::Unfenced => false,
+            Writes::Fenced(_) => true,
+            Writes::Ring(_, p) => p.or_else(current_partition).is_some(),
+        }
     }
 
     /// Writes the epoch record for the holder of `validity` and arms the
@@ -473,7 +545,15 @@ impl Kv {
             return Ok(());
         };
         let store = self.store().await?;
-        let fence = fence::take(&self.inner.js, store, validity, node).await?;
+        let fence = fence::take(
+            &self.inner.js,
+            store,
+            EPOCH_KEY,
+            validity,
+            validity.epoch(),
+            node,
+        )
+        .await?;
         slot.set(Some(fence));
         Ok(())
     }
@@ -491,6 +571,14 @@ impl Kv {
     fn fence_for(&self, key: &str) -> Result<Option<Fence>, KvError> {
         match &self.writes {
             Writes::Unfenced => Ok(None),
+            Writes::Ring(fences, explicit) => match explicit.or_else(current_partition) {
+                None => Ok(None),
+                Some(p) => fences.valid(p).map(Some).ok_or_else(|| KvError::Fenced {
+                    key: key.to_owned(),
+                    epoch: 0,
+                    reason: format!("this node does not own ring partition {p} (any more)"),
+                }),
+            },
             Writes::Fenced(slot) => slot.valid().map(Some).ok_or_else(|| KvError::Fenced {
                 key: key.to_owned(),
                 epoch: 0,
@@ -814,6 +902,11 @@ impl Kv {
         validate_key(key)?;
         self.update(key, Self::encode(key, value)?, expected).await
     }
+}
+
+/// The ring partition of the call being handled, if any.
+fn current_partition() -> Option<u32> {
+    crate::rpc::RequestInfo::current().and_then(|i| i.partition())
 }
 
 /// Changes of watched keys ([`Kv::watch`]).

@@ -446,13 +446,32 @@ impl RingTask {
         let tokens: Vec<u64> = batch.iter().map(|(_, t)| *t).collect();
         self.inst
             .record_ownership(OwnershipChange::Own, &parts, tokens, None);
-        let owned = match &self.inst.app.hooks.on_own {
-            Some(hook) => {
-                let f = hook(self.inst.ctx.clone(), Partitions::new(parts.clone()));
-                self.inst.run_hook("on_own", f).await.is_ok()
+        // The partitions' epoch records first (DESIGN §4.11): from here the
+        // server refuses the previous owners' fenced writes; then on_own
+        // loads state that no stale write can change any more.
+        let fenced = match &st.lease {
+            Some(lease) => {
+                let armed = self
+                    .inst
+                    .ctx
+                    .kv()
+                    .arm_partition_fences(&lease.validity(), &batch, self.inst.node())
+                    .await;
+                if let Err(e) = &armed {
+                    tracing::warn!(app = %self.inst.app.name, error = %e, "cannot write the partitions' epoch records");
+                }
+                armed.is_ok()
             }
-            None => true,
+            None => false,
         };
+        let owned = fenced
+            && match &self.inst.app.hooks.on_own {
+                Some(hook) => {
+                    let f = hook(self.inst.ctx.clone(), Partitions::new(parts.clone()));
+                    self.inst.run_hook("on_own", f).await.is_ok()
+                }
+                None => true,
+            };
         let serving = owned
             && match self.inst.rpc.serve_partitions(parts.iter().copied()).await {
                 Ok(()) => true,
@@ -483,6 +502,7 @@ impl RingTask {
     async fn hand_off(&self, st: &mut State, parts: Vec<u32>) {
         self.inst.rpc.stop_partitions(parts.iter().copied()).await;
         self.inst.ctx.ring().mark_released(&parts);
+        self.inst.ctx.kv().disarm_partition_fences(&parts);
         let revisions: Vec<(u32, u64)> = parts
             .iter()
             .filter_map(|p| st.owned.remove(p).map(|r| (*p, r)))
@@ -536,6 +556,7 @@ impl RingTask {
         let ring = self.inst.ctx.ring();
         let parts: Vec<u32> = st.owned.keys().copied().collect();
         ring.mark_released(&parts);
+        self.inst.ctx.kv().disarm_partition_fences(&parts);
         ring.set_validity(None);
         let late = lapsed_at(&lease);
         // Nothing waits on NATS once the lease is lost: the gate already
@@ -570,6 +591,8 @@ impl RingTask {
             let late = st.lease.as_ref().and_then(lapsed_at);
             self.inst.rpc.stop_partitions(parts.iter().copied()).await;
             self.inst.ctx.ring().mark_released(&parts);
+            self.inst.ctx.kv().disarm_partition_fences(&parts);
+            self.inst.ctx.kv().disarm_partition_fences(&parts);
             self.on_release(&parts).await;
             self.inst
                 .record_ownership(OwnershipChange::Release, &parts, Vec::new(), late);

@@ -141,8 +141,9 @@ impl ServerOptions {
 /// How the app API subject `P._.api.A.*` is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiMode {
-    /// A plain subscription: used by the single active instance of a
-    /// singleton.
+    /// The single active instance of a singleton (in the queue group `A`
+    /// too, so an instance still stopping never sees the same request as
+    /// its successor).
     Exclusive,
     /// The queue group `A`: every pool instance, NATS spreads calls.
     Pool,
@@ -435,10 +436,14 @@ impl<C: Clone + Send + Sync + 'static> RpcServer<C> {
             let _ = old.signal().await;
         }
         let subject = shared.names.api_wildcard(&shared.app);
-        let queue = match mode {
-            ApiMode::Exclusive => None,
-            ApiMode::Pool => Some(shared.names.queue_group(&shared.app)),
-        };
+        // A queue group in both modes. For a singleton it matters during a
+        // hand-over: a stopping (or paused and resumed) instance may still
+        // be subscribed next to its successor, and with plain
+        // subscriptions both would receive a request — one running it, the
+        // other answering `not_executed`, and a caller believing the first
+        // reply would run it again. In a queue group each request reaches
+        // one of them, so `not_executed` is always true.
+        let queue = Some(shared.names.queue_group(&shared.app));
         let sub = shared.subscribe(&subject, queue).await?;
         shared.sync().await?;
         routes.api = Some((mode, spawn_route(Arc::clone(shared), Route::Api, sub)));
@@ -498,7 +503,11 @@ impl<C: Clone + Send + Sync + 'static> RpcServer<C> {
                 continue;
             }
             let subject = shared.names.partition_wildcard(&shared.app, p);
-            match shared.subscribe(&subject, None).await {
+            // A queue group, as for a singleton's API (see `serve_api`): an
+            // old owner still subscribed next to the new one must not see
+            // the same request.
+            let queue = Some(shared.names.queue_group(&shared.app));
+            match shared.subscribe(&subject, queue).await {
                 Ok(sub) => new_subs.push((p, sub)),
                 Err(e) => {
                     // Dropping the subscribers unsubscribes them.
