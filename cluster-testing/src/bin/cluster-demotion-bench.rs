@@ -55,6 +55,11 @@ struct Args {
     /// Sampling period of the VIP and the backend pid, in µs.
     #[arg(long, default_value_t = 1000)]
     poll_us: u64,
+    /// `RUST_LOG` for the nodes; the cut-off node's log lines of each
+    /// trial are printed to stderr (e.g. `info` shows when the lease was
+    /// declared lost and when the VIP and the backend went).
+    #[arg(long)]
+    node_log: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -104,8 +109,16 @@ fn sibling(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn node_spec(bin: &Path, http: &Path, nats: &str, host: &Host, vip: Ipv4Addr) -> NodeSpec {
+fn node_spec(
+    bin: &Path,
+    http: &Path,
+    nats: &str,
+    host: &Host,
+    vip: Ipv4Addr,
+    log: Option<&str>,
+) -> NodeSpec {
     let mut spec = NodeSpec::new(bin, &format!("h{}", host.index()), nats);
+    spec.env = vec![("RUST_LOG".into(), log.unwrap_or("warn").into())];
     spec.app = APP.into();
     spec.platform = PLATFORM.into();
     spec.lease_ttl_secs = TTL_SECS;
@@ -170,6 +183,10 @@ struct Bench {
     vip: Ipv4Addr,
     poll: Duration,
     max_gap_ns: u64,
+    /// Print the cut-off node's new log lines after each trial.
+    show_logs: bool,
+    /// Log lines of each node's incarnation already printed.
+    logged: std::collections::BTreeMap<String, usize>,
 }
 
 impl Bench {
@@ -259,6 +276,21 @@ impl Bench {
             trial.successor_margin,
         );
 
+        if self.show_logs {
+            let stderr = self
+                .nodes
+                .nodes
+                .iter()
+                .find(|n| n.id() == old)
+                .map(|n| n.stderr())
+                .unwrap_or_default();
+            let seen = self.logged.entry(old.clone()).or_default();
+            for line in stderr.lines().skip(*seen) {
+                eprintln!("round {round}: {old}: {line}");
+            }
+            *seen = stderr.lines().count();
+        }
+
         // Back to steady state: the node rejoins as a standby.
         self.lab.heal(&host).map_err(|e| e.to_string())?;
         Ok(trial)
@@ -289,7 +321,16 @@ async fn run(args: Args) -> Result<(), String> {
     let nats = lab.nats_server().map_err(|e| format!("nats-server: {e}"))?;
     let vip = lab.addr(100);
     let specs = (1..=2)
-        .map(|i| node_spec(&bin, &http, &nats.url(), lab.host(i), vip))
+        .map(|i| {
+            node_spec(
+                &bin,
+                &http,
+                &nats.url(),
+                lab.host(i),
+                vip,
+                args.node_log.as_deref(),
+            )
+        })
         .collect();
     let nodes = Nodes::start(specs).await?;
     let anchors = lab
@@ -305,6 +346,8 @@ async fn run(args: Args) -> Result<(), String> {
         vip,
         poll: Duration::from_micros(args.poll_us),
         max_gap_ns: 0,
+        show_logs: args.node_log.is_some(),
+        logged: std::collections::BTreeMap::new(),
     };
     let mut trials = Vec::new();
     for round in 1..=args.trials {
