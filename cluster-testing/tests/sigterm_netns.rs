@@ -88,6 +88,10 @@ async fn sigterm_while_cut_off_from_nats_exits_without_the_vip() {
         !anchors[2 - i].has_addr(vip).expect("fib"),
         "VIP on the standby"
     );
+    // Let the activation finish (serving starts after the backend is
+    // healthy): SIGTERM must meet the graceful step-down of an active that
+    // serves, not an activation still waiting on NATS.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut vip_probe = anchors[i - 1].addr_probe(vip);
     let sampler = Sampler::start(Duration::from_millis(1), move || {
         (vip_probe(), alive(backend))
