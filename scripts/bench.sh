@@ -3,7 +3,8 @@
 # are not tests: figures go to docs/benchmarks.md, never into assertions.
 #   scripts/bench.sh failover
 #   scripts/bench.sh data
-#   scripts/bench.sh safety          (fenced KV put vs raw put)
+#   scripts/bench.sh safety          (fenced KV put vs raw put; as root also
+#                                     the lease-lost demotion in netns)
 #   scripts/bench.sh ring
 #   scripts/bench.sh wal
 #   scripts/bench.sh failover-full   (root: network namespaces)
@@ -35,6 +36,17 @@ if [ "$1" = wal ]; then
   exec ./target/release/cluster-wal-restore-bench
 fi
 ./target/release/cluster-bench "$1"
+if [ "$1" = safety ]; then
+  # A cut-off active (VIP + process backend, ttl 1 s, network namespaces):
+  # lease deadline → VIP gone / backend dead. Extra arguments:
+  # DEMOTION_ARGS="--trials 50".
+  if [ "$(id -u)" -eq 0 ]; then
+    # shellcheck disable=SC2086
+    ./target/release/cluster-demotion-bench ${DEMOTION_ARGS:-}
+  else
+    echo "note: skipping demotion.lease_lost: it needs root (network namespaces, a VIP); run: sudo scripts/bench.sh safety" >&2
+  fi
+fi
 if [ "$1" = rpc ]; then
   # The generated-client line needs the macros, which live in `cluster`.
   cargo run --release --quiet -p cluster --example typed_bench

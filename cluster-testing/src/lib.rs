@@ -5,6 +5,8 @@
 //! start real `nats-server` binaries; node processes are real children that
 //! can be SIGKILLed, SIGSTOPped and restarted.
 
+#[cfg(target_os = "linux")]
+pub mod hostwatch;
 pub mod invariants;
 pub mod jepsen;
 pub mod litestream;

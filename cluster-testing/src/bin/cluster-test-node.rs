@@ -31,6 +31,12 @@ struct Args {
     /// Lease TTL of the app and of the node record, in whole seconds.
     #[arg(long, default_value_t = 3)]
     lease_ttl: u64,
+    /// TTL of this node's membership record, in whole seconds, with the
+    /// default renew/deadline proportions (default: the app's timing).
+    /// The runtime's own default is 3 s: with `--lease-ttl 1`, a cut-off
+    /// active then loses its app lease before its node record lapses.
+    #[arg(long)]
+    node_lease_ttl: Option<u64>,
     /// Override the renew interval (ms); with --lease-deadline-ms.
     #[arg(long, requires = "lease_deadline_ms")]
     lease_renew_ms: Option<u64>,
@@ -348,9 +354,13 @@ async fn run(args: Args) -> cluster_runtime::Result<()> {
         app = app.sqlite(sqlite.clone());
     }
     let app = app.build()?;
+    let node_timing = match args.node_lease_ttl {
+        Some(secs) => LeaseTiming::from_ttl(Duration::from_secs(secs))?,
+        None => timing,
+    };
     let platform = Platform::builder()
         .config(config)
-        .node_lease(timing)
+        .node_lease(node_timing)
         .app(app)
         .on_role_change(|e| emit(&NodeEvent::Role(e.clone())))
         .on_ownership_change(|e| emit(&NodeEvent::Ownership(e.clone())))
