@@ -192,6 +192,23 @@ async fn losing_one_server_of_a_three_node_nats_cluster_keeps_one_active() {
     nodes.history().check(APP).expect("invariants");
 }
 
+/// Whether every thread of `pid` is in the stopped state (`T`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the parenthesised command name.
+                let rest = stat.rsplit_once(')')?.1;
+                rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// DESIGN §8 invariant 1, as callers see it: calls sent to an active that
 /// is SIGSTOPped past its TTL sit in its socket; when it resumes, its
 /// validity has ended, so it runs none of them — it answers `not_executed`
@@ -224,7 +241,16 @@ async fn calls_buffered_at_a_paused_active_run_only_on_its_successor() {
     let before = call().await.expect("served before the pause");
     assert_eq!(before.node, first);
 
-    nodes.get(&first).expect("node").pause().expect("SIGSTOP");
+    let paused = nodes.get(&first).expect("node");
+    paused.pause().expect("SIGSTOP");
+    // SIGSTOP takes effect on each thread when it next enters the kernel:
+    // wait until every thread is stopped, so no call below can be served
+    // in the instant before.
+    let pid = paused.pid();
+    nodes
+        .wait_until(WAIT, || all_threads_stopped(pid).then_some(()))
+        .await
+        .expect("the active stopped");
     // Sent while the active is paused: the server routes them to it (it is
     // still subscribed), where they wait.
     let calls: Vec<_> = (0..20).map(|_| tokio::spawn(call())).collect();
