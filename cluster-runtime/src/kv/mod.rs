@@ -13,9 +13,11 @@
 //!   successor has activated ([`KvError::Fenced`]): `put`, `delete` and
 //!   `purge` carry the fence of the instance's epoch record, checked by the
 //!   server; `create`, `update` and `delete_if` carry their own revision
-//!   check and are fenced by the local lease validity only. Pools and rings
-//!   write unfenced; [`Kv::unfenced`] is the explicit escape hatch. Keys
-//!   starting with `_cluster.` are reserved.
+//!   check and are fenced by the local lease validity only. A ring app's
+//!   writes inside a partition's handler (or through [`Kv::for_partition`])
+//!   are fenced by that partition's record; pools write unfenced;
+//!   [`Kv::unfenced`] is the explicit escape hatch. Keys starting with
+//!   `_cluster.` are reserved.
 //! - **Compare-and-set.** [`Kv::create`] fails with
 //!   [`KvError::AlreadyExists`] when the key holds a value;
 //!   [`Kv::update`] fails with [`KvError::WrongRevision`] when the key's

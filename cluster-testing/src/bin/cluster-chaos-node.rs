@@ -225,10 +225,10 @@ fn register(log: ExecLog) -> cluster_runtime::app::AppBuilder {
                 ctx.kv()
                     .put_json("reg", &stored)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(not_written)?;
                 *held = Some(value);
                 drop(held);
-                Ok::<_, String>(run.end(serde_json::Value::Null))
+                Ok::<_, HandlerError>(run.end(serde_json::Value::Null))
             }
         })
         .handle("read", move |ctx, (): ()| {
@@ -253,11 +253,11 @@ fn register(log: ExecLog) -> cluster_runtime::app::AppBuilder {
                     ctx.kv()
                         .put_json("reg", &stored)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(not_written)?;
                     *held = Some(cas.to);
                 }
                 drop(held);
-                Ok::<_, String>(run.end(serde_json::json!(ok)))
+                Ok::<_, HandlerError>(run.end(serde_json::json!(ok)))
             }
         })
 }
@@ -363,7 +363,24 @@ async fn store_reg(
         .put_json(&reg_key(key), &stored)
         .await
         .map(|_| ())
-        .map_err(|e| HandlerError::new(e.to_string()))
+        .map_err(not_written)
+}
+
+/// A failed KV write as the reply says it: `unavailable` ("did not
+/// happen", for the harness) when it was certainly not stored — refused as
+/// fenced, or no stream answered the publish (an R3 stream between
+/// leaders) — and a handler error (it may have been stored: the ack was
+/// lost) otherwise.
+fn not_written(e: cluster_runtime::kv::KvError) -> HandlerError {
+    use cluster_runtime::kv::KvErrorKind;
+    use cluster_runtime::rpc::ErrorCode;
+    let text = e.to_string();
+    let certain = e.kind() == KvErrorKind::Fenced || text.contains("no stream found");
+    if certain {
+        HandlerError::with_code(ErrorCode::Unavailable, format!("not stored: {text}"))
+    } else {
+        HandlerError::new(text)
+    }
 }
 
 fn kvring(log: ExecLog, work: Duration) -> cluster_runtime::app::AppBuilder {
