@@ -116,6 +116,15 @@ async fn twenty_sigkills_keep_every_synced_commit() {
     }
     // The last primary writes a little more, then hands over gracefully so
     // its final flush lands; its database file is then checked directly.
+    // (Wait for its writes: a SIGTERM while it is still activating would
+    // hand over before `on_active`, and it would check nothing.)
+    let synced_before = commits(&nodes).iter().filter(|c| c.2).count();
+    nodes
+        .wait_until(WAIT, || {
+            (commits(&nodes).iter().filter(|c| c.2).count() >= synced_before + 3).then_some(())
+        })
+        .await
+        .expect("the last primary writes");
     let last = active.clone();
     let final_path: PathBuf = dir.path().join(&last).join("data.db");
     nodes

@@ -43,7 +43,7 @@
 //!   reservation and before each put, and a stored file counts as shipped
 //!   (advances [`Position::txid`], so `sync()` returns) only if the
 //!   validity still holds *after* the put was acknowledged — the ack gate,
-//!   argued at [`ack_gate`]. Once it fails the replicator stops with
+//!   argued at `ack_gate`. Once it fails the replicator stops with
 //!   [`WalError::Deposed`].
 //! - [`Replicator::abort`] (lease lost) returns at once and makes every
 //!   `sync()` in flight fail with `Deposed`, without waiting on NATS;
