@@ -566,29 +566,7 @@ async fn data() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let value = bytes::Bytes::from(vec![b'x'; 100]);
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    let mut i = 0usize;
-    while ours.len() < DATA_SAMPLES {
-        for _ in 0..DATA_BLOCK {
-            let key = format!("k.{}", i % 64);
-            i += 1;
-            let t = Instant::now();
-            kv.put(&key, value.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let ours_s = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            raw_kv
-                .put(&key, value.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let raw_s = t.elapsed().as_secs_f64();
-            if i > DATA_WARMUP {
-                ours.push(ours_s);
-                raw.push(raw_s);
-            }
-        }
-    }
+    let (mut ours, mut raw) = put_samples(&kv, &raw_kv).await?;
     data_line("kv.put", &mut ours, &mut raw, 1.2);
 
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
@@ -620,6 +598,40 @@ async fn data() -> Result<(), String> {
     data_line("lock.cycle", &mut ours, &mut raw, 1.3);
     platform.shutdown().await;
     Ok(())
+}
+
+/// Interleaved 100-byte puts through our `Kv` and a raw async-nats store,
+/// after a warm-up: (ours, raw) latencies in seconds.
+async fn put_samples(
+    kv: &cluster_runtime::kv::Kv,
+    raw_kv: &async_nats::jetstream::kv::Store,
+) -> Result<(Vec<f64>, Vec<f64>), String> {
+    use std::time::Instant;
+    let value = bytes::Bytes::from(vec![b'x'; 100]);
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let mut i = 0usize;
+    while ours.len() < DATA_SAMPLES {
+        for _ in 0..DATA_BLOCK {
+            let key = format!("k.{}", i % 64);
+            i += 1;
+            let t = Instant::now();
+            kv.put(&key, value.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let ours_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            raw_kv
+                .put(&key, value.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let raw_s = t.elapsed().as_secs_f64();
+            if i > DATA_WARMUP {
+                ours.push(ours_s);
+                raw.push(raw_s);
+            }
+        }
+    }
+    Ok((ours, raw))
 }
 
 /// `safety`: a singleton's fenced `ctx.kv().put` (epoch-record check on the
@@ -672,30 +684,7 @@ async fn safety() -> Result<(), String> {
         })
         .await
         .map_err(|e| e.to_string())?;
-    let value = bytes::Bytes::from(vec![b'x'; 100]);
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    let mut i = 0usize;
-    while ours.len() < DATA_SAMPLES {
-        for _ in 0..DATA_BLOCK {
-            let key = format!("k.{}", i % 64);
-            i += 1;
-            let t = Instant::now();
-            kv.put(&key, value.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let ours_s = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            raw_kv
-                .put(&key, value.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let raw_s = t.elapsed().as_secs_f64();
-            if i > DATA_WARMUP {
-                ours.push(ours_s);
-                raw.push(raw_s);
-            }
-        }
-    }
+    let (mut ours, mut raw) = put_samples(&kv, &raw_kv).await?;
     data_line("kv.fenced_put", &mut ours, &mut raw, 1.1);
     platform.shutdown().await;
     Ok(())
