@@ -344,3 +344,62 @@ async fn sigstopped_holder_is_invalid_before_anyone_else_acquires() {
     guard.release().await.expect("release");
     holder.kill();
 }
+
+/// Writes fenced by a lock hold: stored while the hold lasts, refused once
+/// it ended, and the next holder's record fences the previous one's handle
+/// (the server-side refusal itself is unit-tested in `kv::fence`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fenced_by_a_lock_hold_stop_when_the_hold_ends() {
+    let server = NatsServer::start(ServerOptions::default())
+        .await
+        .expect("nats");
+    let n1 = node(&server.url(), "n1").await;
+    let n2 = node(&server.url(), "n2").await;
+    let (c1, c2) = (n1.app(APP).expect("ctx"), n2.app(APP).expect("ctx"));
+    let g1 = c1
+        .lock("report")
+        .expect("lock")
+        .try_acquire()
+        .await
+        .expect("try")
+        .expect("free");
+    let kv1 = c1.kv().fenced_by_lock(&g1).await.expect("fence 1");
+    assert!(kv1.is_fenced() && !c1.kv().is_fenced());
+    kv1.put("report.latest", "one")
+        .await
+        .expect("holder 1 writes");
+    let token1 = g1.token();
+    g1.release().await.expect("release");
+    let err = kv1
+        .put("report.latest", "late")
+        .await
+        .expect_err("released");
+    assert_eq!(
+        err.kind(),
+        cluster_runtime::kv::KvErrorKind::Fenced,
+        "{err}"
+    );
+
+    let g2 = c2
+        .lock("report")
+        .expect("lock")
+        .try_acquire()
+        .await
+        .expect("try")
+        .expect("free");
+    assert!(g2.token() > token1);
+    let kv2 = c2.kv().fenced_by_lock(&g2).await.expect("fence 2");
+    kv2.put("report.latest", "two")
+        .await
+        .expect("holder 2 writes");
+    let values: Vec<String> = c2
+        .kv()
+        .history("report.latest")
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+        .collect();
+    assert_eq!(values, ["one", "two"]);
+    g2.release().await.expect("release");
+}

@@ -523,6 +523,49 @@ impl Kv {
         }
     }
 
+    /// A handle on this bucket whose writes are fenced by a lock hold:
+    /// writes the lock's epoch record (`_cluster.epoch.lock.NAME`, by the
+    /// same CAS rule as an active's) and returns a handle whose `put`,
+    /// `delete` and `purge` JetStream refuses once a later holder of the
+    /// lock has done the same — even if this holder was paused and its own
+    /// clock still says it holds the lock. Fails with [`KvError::Fenced`]
+    /// when the hold has ended or a later holder already took the record.
+    ///
+    /// ```no_run
+    /// # async fn demo(ctx: cluster_runtime::AppContext) -> Result<(), Box<dyn std::error::Error>> {
+    /// let guard = ctx.lock("report")?.acquire(std::time::Duration::from_secs(5)).await?;
+    /// let kv = ctx.kv().fenced_by_lock(&guard).await?;
+    /// kv.put("report.latest", "done").await?; // refused once someone else holds `report`
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn fenced_by_lock(&self, guard: &crate::lock::LockGuard) -> Result<Kv, KvError> {
+        let record = format!("{EPOCH_KEY}.lock.{}", guard.name());
+        let Some(validity) = guard.validity().filter(crate::lease::Validity::is_valid) else {
+            return Err(KvError::Fenced {
+                key: record,
+                epoch: guard.token(),
+                reason: format!("the hold of lock `{}` has ended", guard.name()),
+            });
+        };
+        let store = self.store().await?;
+        let fence = fence::take(
+            &self.inner.js,
+            store,
+            &record,
+            &validity,
+            guard.token(),
+            guard.owner(),
+        )
+        .await?;
+        let slot = Arc::new(FenceSlot::default());
+        slot.set(Some(fence));
+        Ok(Kv {
+            inner: Arc::clone(&self.inner),
+            writes: Writes::Fenced(slot),
+        })
+    }
+
     /// Whether writes through this handle are fenced: a singleton's
     /// `ctx.kv()`, or a ring app's inside a partition's handler or through
     /// [`for_partition`](Self::for_partition).
