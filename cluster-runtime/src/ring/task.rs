@@ -468,7 +468,15 @@ impl RingTask {
             && match &self.inst.app.hooks.on_own {
                 Some(hook) => {
                     let f = hook(self.inst.ctx.clone(), Partitions::new(parts.clone()));
-                    self.inst.run_hook("on_own", f).await.is_ok()
+                    // Awaited (state is loaded before serving), but raced
+                    // with the lease: a hook that hangs cannot hide its loss.
+                    match &st.lease {
+                        Some(lease) => tokio::select! {
+                            ran = self.inst.run_hook("on_own", f) => ran.is_ok(),
+                            _ = lease.lost() => false,
+                        },
+                        None => false,
+                    }
                 }
                 None => true,
             };
@@ -518,6 +526,22 @@ impl RingTask {
 
     /// Runs `on_release`; after the hand-off timeout the hook is abandoned
     /// and the partitions are given up anyway.
+    /// `on_release` after the lease was lost: a notification, queued on the
+    /// app's hook runner — the partitions are gone already, and the ring
+    /// task must get back to rejoining.
+    fn queue_on_release(&self, parts: &[u32]) {
+        if parts.is_empty() {
+            return;
+        }
+        if let Some(hook) = &self.inst.app.hooks.on_release {
+            let f = hook(
+                self.inst.ctx.clone(),
+                Partitions::new(parts.iter().copied()),
+            );
+            self.inst.hooks.queue("on_release", f);
+        }
+    }
+
     async fn on_release(&self, parts: &[u32]) {
         if parts.is_empty() {
             return;
@@ -574,7 +598,7 @@ impl RingTask {
         st.owned.clear();
         st.last_epoch = Some(lease.epoch());
         self.inst.set_role(Role::Stopped, None, late);
-        self.on_release(&parts).await;
+        self.queue_on_release(&parts);
         st.dirty = true;
     }
 
