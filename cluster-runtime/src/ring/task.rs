@@ -87,6 +87,8 @@ struct State {
 
 enum Wake {
     Shutdown,
+    /// A channel the task waits on was closed: the platform is gone.
+    Closed,
     Lost(LostReason),
     Entry(Option<Result<kv::Entry, kv::WatcherError>>),
     Reconnect,
@@ -167,15 +169,18 @@ impl RingTask {
                 .unwrap_or_else(|| Instant::now() + timing.renew);
             let wake = tokio::select! {
                 biased;
-                _ = self.shutdown.changed() => Wake::Shutdown,
+                changed = self.shutdown.changed() => if changed.is_ok() { Wake::Shutdown } else { Wake::Closed },
                 reason = lease_lost(st.lease.as_ref()) => Wake::Lost(reason),
                 item = next_entry(watch.as_mut()) => Wake::Entry(item),
-                _ = generation.changed() => Wake::Reconnect,
-                _ = registered.changed() => Wake::Registered,
+                // A closed channel means the platform is gone: shut down,
+                // never spin on it.
+                changed = generation.changed() => if changed.is_ok() { Wake::Reconnect } else { Wake::Closed },
+                changed = registered.changed() => if changed.is_ok() { Wake::Registered } else { Wake::Closed },
                 _ = tokio::time::sleep_until(tick) => Wake::Tick,
             };
             match wake {
                 Wake::Shutdown => {}
+                Wake::Closed => break,
                 Wake::Lost(reason) => self.lost(&mut st, reason).await,
                 Wake::Entry(Some(Ok(entry))) => {
                     st.dirty |=
