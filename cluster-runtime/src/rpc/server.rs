@@ -852,8 +852,16 @@ async fn run_route<C: Clone + Send + Sync + 'static>(
         let client = shared.client.clone();
         let subject = closing_subject.clone();
         tokio::spawn(async move {
-            for _ in 0..CLOSING_BATCHES_MAX {
-                for _ in 0..CLOSING_BATCH {
+            // The first round carries the whole margin at once: on a
+            // subscription without a queue group it closes the route, so a
+            // hand-over waits for no more than one flush.
+            for round in 0..CLOSING_BATCHES_MAX {
+                let batch = if round == 0 {
+                    CLOSING_MESSAGES
+                } else {
+                    CLOSING_BATCH
+                };
+                for _ in 0..batch {
                     if client.publish(subject.clone(), Bytes::new()).await.is_err() {
                         return;
                     }
