@@ -855,10 +855,7 @@ impl AppContext {
     pub fn fencing_token(&self) -> Option<u64> {
         // Read from the lease's own validity handle: the check and the
         // token are one read, never the observed leader's epoch.
-        match self.inner.validity.lock() {
-            Ok(v) => v.as_ref().and_then(Validity::valid_epoch),
-            Err(_) => None,
-        }
+        current_token(&self.inner.validity)
     }
 
     /// True while this node is the active instance *and* its lease deadline
